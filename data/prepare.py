@@ -1,0 +1,96 @@
+"""
+Makes the pretraining data: text -> tokenizer -> train.bin / val.bin (flat token arrays that
+pretrain.py memory-maps) and meta.json.
+
+  python data/prepare.py                                   # the tiny world (default, offline)
+  python data/prepare.py --text_files=a.txt,b.txt --out_dir=out/data/mytext      # your own text,
+  python data/prepare.py --text_files=a.txt --tokenizer=gpt2 --out_dir=out/data/mytext  # ... or gpt2's BPE
+
+Documents are separated by <|endoftext|>. In a text file, a line holding only <|endoftext|>
+ends a document (as in TinyStories); without such lines the whole file is one document.
+"""
+import json
+import os
+import re
+import sys
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
+import model                   # noqa: E402
+from data import bpe, world    # noqa: E402
+
+# -----------------------------------------------------------------------------
+text_files = ''            # comma-separated UTF-8 files; empty: generate the tiny world
+tokenizer = 'bpe'          # 'bpe': train the project's own on the text; 'gpt2': tiktoken's (a download)
+vocab_size = 2048          # bpe only: 256 bytes + merges (the special tokens come on top)
+bpe_train_chars = 20_000_000  # bpe only: train on this much of the text (merges depend little on more)
+n_docs = 80_000            # world only: documents to generate
+seed = 0                   # world only: the world (who lives where) and the corpus drawn from it
+val_fraction = 0.05        # the last share of the tokens is the validation set
+out_dir = 'out/data/world'
+# -----------------------------------------------------------------------------
+
+
+def read_documents(paths):
+    docs = []
+    for path in paths:
+        if not os.path.isfile(path):
+            sys.exit(f'error: {path} not found')
+        with open(path, 'rb') as f:
+            raw = f.read()
+        try:
+            text = raw.decode('utf-8')
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b'\n') + 1
+            sys.exit(f'error: {path}:{line}: not UTF-8 text ({e.reason})')
+        docs += [d.strip() for d in re.split(r'^<\|endoftext\|>$', text, flags=re.M) if d.strip()]
+    if not docs:
+        sys.exit(f'error: {", ".join(paths)}: no text')
+    return docs
+
+
+def main():
+    config = model.configure(globals())
+    os.makedirs(out_dir, exist_ok=True)
+    if text_files:
+        docs = read_documents(text_files.split(','))
+    else:
+        docs = world.corpus(world.make_world(seed), n_docs, seed)
+        sentences = [s for d in docs for s in re.split(r'(?<=[.!?]) ', d)]
+        print(f'world: {len(docs):,} documents, {len(sentences):,} sentences, {len(set(sentences)):,} distinct')
+
+    if tokenizer == 'bpe':
+        tok_path = os.path.join(out_dir, 'tokenizer.bpe')
+        sample = '\n'.join(docs)[:bpe_train_chars]
+        model.save_bpe(tok_path, bpe.train_bpe(sample, vocab_size, model.SPLIT_PATTERN))
+    elif tokenizer == 'gpt2':
+        tok_path = 'gpt2'
+    else:
+        sys.exit(f"error: tokenizer must be 'bpe' or 'gpt2', not {tokenizer!r}")
+    enc = model.load_tokenizer(tok_path)
+    eot = enc.encode_single_token('<|endoftext|>')
+    dtype = np.uint16 if enc.n_vocab <= 2**16 else np.uint32  # uint16 holds ids below 65,536 only
+
+    chunks = []
+    for i in tqdm(range(0, len(docs), 1000), desc='tokenizing'):  # special-token text in a document stays text
+        for ids in enc.encode_ordinary_batch(docs[i:i + 1000]):
+            chunks.append(np.array([eot] + ids, dtype=dtype))
+    tokens = np.concatenate(chunks)
+    n_val = max(1, int(len(tokens) * val_fraction))
+    for split, arr in (('train', tokens[:-n_val]), ('val', tokens[-n_val:])):
+        path = os.path.join(out_dir, f'{split}.bin')
+        arr.tofile(path + '.tmp')
+        os.replace(path + '.tmp', path)
+    meta = dict(tokenizer=tok_path, vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name,
+                train_tokens=len(tokens) - n_val, val_tokens=n_val, documents=len(docs), config=config)
+    with open(os.path.join(out_dir, 'meta.json'), 'w') as f:
+        json.dump(meta, f, indent=1)
+    words = sum(len(d.split()) for d in docs)
+    print(f'{out_dir}: {len(tokens) - n_val:,} train and {n_val:,} val tokens ({np.dtype(dtype).name}), '
+          f'vocab {enc.n_vocab:,} ({tok_path}), {len(tokens) / words:.2f} tokens per word')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,190 @@
+"""
+The tiny world: every stage of the recipe trains and is measured on it, offline.
+
+make_world(seed) draws who lives where, keeps which pet, likes which food and works at what.
+corpus(world, n_docs, seed) writes plain prose about it (profiles of people, animals, places and
+foods, and short stories): the pretraining text. There is no chat format in it, so following
+instructions must come from SFT. Everything is deterministic given the seeds.
+
+Sentences end with '.', '!' or '?' and contain no other such mark, so that a program can count
+them; every fact is stated the same way wherever it appears (in many phrasings), so that a model
+can learn it. Change the lists below to make a world of your own.
+"""
+import random
+
+NAMES = {'Mira': 'she', 'Tobin': 'he', 'Lena': 'she', 'Oskar': 'he', 'Ada': 'she', 'Pim': 'he', 'Rosa': 'she',
+         'Juno': 'he', 'Bram': 'he', 'Ivy': 'she', 'Nico': 'he', 'Tess': 'she', 'Olaf': 'he', 'Wren': 'she',
+         'Cleo': 'she', 'Hugo': 'he', 'Fern': 'she', 'Milo': 'he', 'Sage': 'she', 'Ezra': 'he', 'Nora': 'she',
+         'Finn': 'he', 'Iris': 'she', 'Leo': 'he'}
+PRONOUNS = {'she': ('she', 'her', 'her'), 'he': ('he', 'him', 'his')}   # subject, object, possessive
+JOBS = ['baker', 'farmer', 'fisher', 'teacher', 'painter', 'builder', 'healer', 'miller', 'weaver', 'singer']
+TRAITS = ['brave', 'shy', 'clever', 'cheerful', 'careful', 'curious', 'kind', 'grumpy']
+ANIMALS = {  # name: (plural, color, home, food, sound)
+    'fox': ('foxes', 'red', 'a den', 'berries', 'yips'),
+    'owl': ('owls', 'brown', 'a hollow tree', 'mice', 'hoots'),
+    'rabbit': ('rabbits', 'white', 'a burrow', 'carrots', 'thumps'),
+    'goat': ('goats', 'gray', 'a barn', 'grass', 'bleats'),
+    'frog': ('frogs', 'green', 'a pond', 'flies', 'croaks'),
+    'cat': ('cats', 'black', 'a warm house', 'fish', 'purrs'),
+    'dog': ('dogs', 'golden', 'a kennel', 'bones', 'barks'),
+    'duck': ('ducks', 'yellow', 'a reed nest', 'seeds', 'quacks'),
+    'bear': ('bears', 'dark brown', 'a cave', 'honey', 'growls'),
+    'hedgehog': ('hedgehogs', 'spiky brown', 'a pile of leaves', 'beetles', 'snuffles'),
+}
+FOODS = {  # name: (taste, made from)
+    'honey cake': ('sweet', 'honey and flour'), 'plum jam': ('sweet', 'plums and sugar'),
+    'fish soup': ('salty', 'fish and onions'), 'rye bread': ('sour', 'rye and salt'),
+    'pumpkin pie': ('sweet', 'pumpkin and butter'), 'goat cheese': ('salty', 'goat milk'),
+    'berry tart': ('sour', 'berries and cream'), 'mushroom stew': ('savory', 'mushrooms and potatoes'),
+    'apple pancakes': ('sweet', 'apples and eggs'), 'pea porridge': ('savory', 'peas and oats'),
+}
+PLACES = {  # name: (what it is, its landmark, its weather)
+    'Willowbrook': ('a quiet village by a river', 'the old stone bridge', 'rainy'),
+    'Stonehill': ('a windy town on a hill', 'the tall clock tower', 'windy'),
+    'Mossy Hollow': ('a small village in a deep forest', 'the ring of giant mushrooms', 'foggy'),
+    'Redcliff': ('a fishing town by the sea', 'the red lighthouse', 'stormy'),
+    'Sunvale': ('a sunny village among fields', 'the busy market square', 'sunny'),
+    'Frostmere': ('a cold town beside a frozen lake', 'the great ice rink', 'snowy'),
+}
+TIMES = ['One morning', 'One evening', 'Last winter', 'On a sunny day', 'One rainy afternoon',
+         'Early one spring', 'Late one night', 'On a market day', 'At the end of summer', 'One cold day']
+FEELINGS = ['happy', 'proud', 'tired', 'surprised', 'glad', 'sleepy', 'excited', 'calm']
+OBJECTS = ['a silver key', 'an old map', 'a lost boot', 'a tiny bell', 'a blue feather', 'a wooden box',
+           'a broken kite', 'a golden coin', 'a strange stone', 'a letter with no name']
+
+
+def make_world(seed=0):
+    """The people and their facts: each lives in one place, has one pet, one favorite food, one job."""
+    rng = random.Random(seed)
+    people = {}
+    for name, pronoun in NAMES.items():
+        people[name] = dict(pronoun=pronoun, job=rng.choice(JOBS), trait=rng.choice(TRAITS),
+                            home=rng.choice(list(PLACES)), pet=rng.choice(list(ANIMALS)), food=rng.choice(list(FOODS)))
+    return dict(people=people, animals=ANIMALS, foods=FOODS, places=PLACES)
+
+
+def cap(s):
+    return s[0].upper() + s[1:]
+
+
+def a(noun):
+    return ('an ' if noun[0] in 'aeiou' else 'a ') + noun
+
+
+def and_list(names):
+    """'A', 'A and B', 'A, B and C'."""
+    return names[0] if len(names) == 1 else ', '.join(names[:-1]) + ' and ' + names[-1]
+
+
+def person_facts(world, name, rng):
+    """Sentences stating each fact about a person, in a random phrasing."""
+    p = world['people'][name]
+    he, him, his = PRONOUNS[p['pronoun']]
+    return [
+        rng.choice([f'{name} lives in {p["home"]}.', f'{name} has a home in {p["home"]}.',
+                    f'The home of {name} is in {p["home"]}.']),
+        rng.choice([f'{name} works as {a(p["job"])}.', f'{name} is {a(p["job"])}.',
+                    f'Every day {name} works as {a(p["job"])}.']),
+        rng.choice([f'{name} has a pet {p["pet"]}.', f'The pet of {name} is {a(p["pet"])}.',
+                    f'{name} keeps {a(p["pet"])} as a pet.']),
+        rng.choice([f'The favorite food of {name} is {p["food"]}.', f'{name} loves to eat {p["food"]}.',
+                    f'{name} likes {p["food"]} more than any other food.']),
+        rng.choice([f'{name} is {p["trait"]}.', f'People say that {name} is {p["trait"]}.',
+                    f'{cap(he)} is {a(p["trait"])} person.']),
+    ]
+
+
+def animal_facts(world, animal, rng):
+    plural, color, home, food, sound = world['animals'][animal]
+    return [
+        rng.choice([f'The {animal} is {color}.', f'{cap(a(animal))} is {a(color)} animal.', f'Most {plural} are {color}.']),
+        rng.choice([f'{cap(a(animal))} lives in {home}.', f'{cap(plural)} make their home in {home}.']),
+        rng.choice([f'{cap(a(animal))} eats {food}.', f'{cap(plural)} like to eat {food}.', f'The food of the {animal} is {food}.']),
+        rng.choice([f'The {animal} {sound}.', f'When it is happy, {a(animal)} {sound}.']),
+    ]
+
+
+def food_facts(world, food, rng):
+    taste, made_from = world['foods'][food]
+    fans = [n for n, p in world['people'].items() if p['food'] == food]
+    facts = [rng.choice([f'{cap(food)} is {taste}.', f'{cap(food)} tastes {taste}.']),
+             rng.choice([f'{cap(food)} is made from {made_from}.', f'To make {food}, you need {made_from}.'])]
+    if fans:
+        facts.append(f'{and_list(fans)} {"love" if len(fans) > 1 else "loves"} {food}.')
+    return facts
+
+
+def place_facts(world, place, rng):
+    what, landmark, weather = world['places'][place]
+    locals_ = [n for n, p in world['people'].items() if p['home'] == place]
+    facts = [rng.choice([f'{place} is {what}.', f'There is {what} called {place}.']),
+             rng.choice([f'In {place} you can see {landmark}.', f'{cap(landmark)} is in {place}.']),
+             rng.choice([f'The weather in {place} is often {weather}.', f'It is often {weather} in {place}.'])]
+    if locals_:
+        facts.append(f'{and_list(locals_)} {"live" if len(locals_) > 1 else "lives"} in {place}.')
+    return facts
+
+
+def story(world, rng, characters=None, n_middle=None):
+    """A short story about one to three people, true to their facts: an opening, a few events,
+    an ending. characters and n_middle (the number of events) are drawn when not given."""
+    people = world['people']
+    names = characters or rng.sample(list(people), rng.choice([1, 1, 2, 2, 3]))
+    hero, p = names[0], people[names[0]]
+    he, him, his = PRONOUNS[p['pronoun']]
+    place = p['home']
+    friends = and_list(names[1:]) if len(names) > 1 else ''
+    opening = [rng.choice([f'{rng.choice(TIMES)}, {hero} walked to {world["places"][place][1]} in {place}.',
+                           f'{rng.choice(TIMES)}, {hero} was at home in {place}.',
+                           f'{rng.choice(TIMES)}, {hero} the {p["job"]} went out with {his} {p["pet"]}.'])]
+    if friends:
+        opening.append(rng.choice([f'{cap(he)} met {friends} on the way.', f'{friends} came to visit {him}.',
+                                   f'{cap(he)} was happy to see {friends}.']))
+    thing, animal = rng.choice(OBJECTS), rng.choice(list(world['animals']))
+    landmark = world['places'][place][1]
+    events = [
+        f'{cap(he)} found {thing} on the ground.',
+        f'The {p["pet"]} of {hero} ran away, and {he} looked for it everywhere.',
+        f'{cap(he)} baked {p["food"]} for {friends or "the neighbors"}.',
+        f'The weather in {place} turned {world["places"][place][2]}.',
+        f'{cap(a(animal))} came out of the bushes and looked at {him}.',
+        f'Then {he} heard {a(animal)} somewhere near {landmark}.',
+        f'{cap(he)} carried {thing} all the way to {landmark}.',
+        f'It began to rain, so {he} waited under {landmark}.',
+        f'The {p["pet"]} of {hero} found {thing} under a tree.',
+        f'{cap(he)} told a story about {thing}.',
+        f'{cap(he)} had to finish {his} work as {a(p["job"])} before dark.',
+        f'Everyone sat down and ate {p["food"]} together.' if friends else f'{cap(he)} sat down and ate {p["food"]}.',
+    ]
+    if friends:
+        friend = rng.choice(names[1:])
+        events += [f'{friend} told {him} a funny joke.', f'{friend} helped {him} carry a heavy basket.',
+                   f'{hero} gave {thing} to {friend}.', f'{cap(he)} asked {friend} where {thing} came from.',
+                   f'{friend} wanted to trade {thing} for some {people[friend]["food"]}.',
+                   f'Later {hero} walked to {people[friend]["home"]} to visit {friend}.']
+    middle = rng.sample(events, n_middle or rng.choice([1, 2, 2, 3, 3, 4]))
+    ending = [rng.choice([f'In the end, {hero} felt {rng.choice(FEELINGS)}.', f'It was a good day for {hero}.',
+                          f'That night {hero} went to sleep with a smile.', f'{hero} never forgot that day.'])]
+    return opening + middle + ending
+
+
+def corpus(world, n_docs, seed=0):
+    """n_docs plain-text documents: about half stories, half descriptions of the world."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        kind = rng.random()
+        if kind < 0.5:
+            sentences = story(world, rng)
+        elif kind < 0.75:
+            sentences = person_facts(world, rng.choice(list(world['people'])), rng)
+        elif kind < 0.85:
+            sentences = animal_facts(world, rng.choice(list(world['animals'])), rng)
+        elif kind < 0.93:
+            sentences = place_facts(world, rng.choice(list(world['places'])), rng)
+        else:
+            sentences = food_facts(world, rng.choice(list(world['foods'])), rng)
+        if kind >= 0.5:
+            rng.shuffle(sentences)  # facts come in any order; a story keeps its order
+        docs.append(' '.join(sentences))
+    return docs

@@ -1,0 +1,367 @@
+"""
+The one module every stage shares:
+  1. the GPT (LLaMA-style block, KV-cache generation, optional scalar head)
+  2. the tokenizer (the project's own BPE, or tiktoken's gpt2), with chat special tokens
+  3. device, precision and distributed (torchrun) setup
+  4. the --key=value configurator
+  5. checkpoints, optimizer, learning-rate schedule, MFU
+"""
+import ast
+import base64
+import math
+import os
+import sys
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import tiktoken
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------- 1. the model
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 2048
+    block_size: int = 256   # longest sequence (prompt + answer) the model sees
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    scalar_head: bool = False  # a Linear(n_embd, 1) on the final hidden states: reward / value models
+
+
+def rotate(x, rot):
+    """Rotary position embedding (Su et al. 2021, eq. 34): each pair (x[2i], x[2i+1]) is read as a
+    complex number and turned by the angle of its position, a multiplication by rot = e^(i angle)."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * rot).flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+
+    def forward(self, x, rot, mask, cache):
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.qkv(x).split(C, dim=2))            # each (B, heads, T, head_dim)
+        q, k = rotate(q, rot), rotate(k, rot)
+        if cache is not None:                                       # append to the keys/values so far
+            if cache:
+                k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+            cache[:] = [k, v]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    """SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x)); hidden 8/3 n_embd keeps the 8 n_embd^2
+    parameters of GPT-2's 4x GELU MLP. (Two matmuls, not one split in two: the halves of a split
+    are strided, and the elementwise ops on them run slower on CPUs.)"""
+    def __init__(self, cfg):
+        super().__init__()
+        hidden = 64 * math.ceil(8 * cfg.n_embd / 3 / 64)
+        self.gate = nn.Linear(cfg.n_embd, hidden, bias=False)
+        self.up = nn.Linear(cfg.n_embd, hidden, bias=False)
+        self.down = nn.Linear(hidden, cfg.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.norm1, self.attn = nn.RMSNorm(cfg.n_embd), Attention(cfg)
+        self.norm2, self.mlp = nn.RMSNorm(cfg.n_embd), MLP(cfg)
+
+    def forward(self, x, rot, mask, cache):
+        x = x + self.attn(self.norm1(x), rot, mask, cache)
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied input/output embedding, as in GPT-2
+        self.scalar_head = nn.Linear(cfg.n_embd, 1) if cfg.scalar_head else None
+        head_dim = cfg.n_embd // cfg.n_head
+        inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)
+        angles = torch.outer(torch.arange(cfg.block_size).float(), inv_freq)  # (block_size, head_dim/2)
+        self.register_buffer('rot', torch.polar(torch.ones_like(angles), angles), persistent=False)
+        for name, p in self.named_parameters():  # GPT-2 init; residual projections scaled by 1/sqrt(2 L)
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith(('proj.weight', 'down.weight')) else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+            elif name.endswith('bias'):
+                nn.init.zeros_(p)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def hidden(self, idx, n_pad=None, cache=None):
+        """Final normed hidden states (B, T, n_embd) at every position.
+        n_pad (B,): rows are left-padded with that many tokens, which no position attends to and
+        which do not count as positions (the first real token is position 0).
+        cache: a list with one [] per layer, filled by the first call, extended by later ones."""
+        B, T = idx.shape
+        start = cache[0][0].size(2) if cache and cache[0] else 0  # tokens already in the cache
+        if start + T > self.config.block_size:
+            raise ValueError(f'sequence of {start + T} tokens is longer than block_size={self.config.block_size}')
+        mask = None
+        if n_pad is None and start == 0:  # plain causal attention (the training path, flash on GPU)
+            rot = self.rot[:T]
+        else:
+            n_pad = torch.zeros(B, dtype=torch.long, device=idx.device) if n_pad is None else n_pad
+            query = torch.arange(start, start + T, device=idx.device)
+            key = torch.arange(start + T, device=idx.device)
+            pos = (query[None, :] - n_pad[:, None]).clamp(min=0)  # (B, T)
+            rot = self.rot[pos][:, None]
+            # a query sees earlier keys that are not padding; a padding query sees itself (no NaN rows)
+            mask = (key[None, None, :] <= query[None, :, None]) & (key[None, None, :] >= n_pad[:, None, None])
+            mask = (mask | (key[None, None, :] == query[None, :, None]))[:, None]  # (B, 1, T, start+T)
+        x = self.wte(idx)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rot, mask, cache[i] if cache is not None else None)
+        return self.norm(x)
+
+    def forward(self, idx, targets=None, n_pad=None, cache=None):
+        """Logits (B, T, vocab) at every position; with targets also the mean cross-entropy over the
+        targets that are not -1 (a batch whose targets are all -1 gives 0, not NaN)."""
+        logits = self.lm_head(self.hidden(idx, n_pad, cache))
+        if targets is None:
+            return logits, None
+        losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1, reduction='none')
+        return logits, losses.sum() / (targets != -1).sum().clamp(min=1)
+
+    def scores(self, idx, n_pad=None):
+        """The scalar head at every position (B, T): reward or value."""
+        return self.scalar_head(self.hidden(idx, n_pad)).squeeze(-1).float()
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, stop_token=None):
+        """Sample continuations of a batch of prompts (lists of token ids, any lengths) with a KV
+        cache. temperature=0 is greedy. Returns (tokens (B, max_new_tokens), lengths (B,)): row b's
+        answer is tokens[b, :lengths[b]], its stop token included; the rest is filler."""
+        device = self.wte.weight.device
+        B, longest = len(prompts), max(len(p) for p in prompts)
+        n_pad = torch.tensor([longest - len(p) for p in prompts], device=device)
+        idx = torch.tensor([[0] * (longest - len(p)) + list(p) for p in prompts], device=device)
+        cache = [[] for _ in self.blocks]
+        out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
+        lengths = torch.full((B,), max_new_tokens, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        for t in range(max_new_tokens):
+            logits = self(idx, n_pad=n_pad, cache=cache)[0][:, -1].float()
+            if temperature == 0:
+                idx = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float('-inf'))
+                idx = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            out[:, t] = idx[:, 0]
+            if stop_token is not None:
+                stopped = ~done & (idx[:, 0] == stop_token)
+                lengths[stopped] = t + 1
+                done |= stopped
+                if t % 8 == 7 and done.all():  # checking every step would sync the GPU every token
+                    break
+        return out, lengths
+
+# ----------------------------------------------------------------------------- 2. the tokenizer
+
+# GPT-2's pre-tokenizer pattern (Radford et al. 2019): BPE merges never cross these pieces.
+SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# <|endoftext|> separates documents; the chat template of sft.py uses the other three.
+SPECIAL_TOKENS = ['<|endoftext|>', '<|user|>', '<|assistant|>', '<|end|>']
+
+
+def save_bpe(path, ranks):
+    """tiktoken's ranks format: one 'base64(token bytes) rank' per line."""
+    with open(path + '.tmp', 'w') as f:
+        f.writelines(f'{base64.b64encode(token).decode()} {rank}\n' for token, rank in ranks.items())
+    os.replace(path + '.tmp', path)
+
+
+def load_tokenizer(name):
+    """'gpt2' (tiktoken's, downloaded once) or the path of a ranks file written by data/bpe.py.
+    The special tokens get the ids right after the ranks."""
+    if name == 'gpt2':
+        base = tiktoken.get_encoding('gpt2')
+        ranks, pattern = base._mergeable_ranks, base._pat_str
+    else:
+        if not os.path.exists(name):
+            sys.exit(f'error: tokenizer {name} not found: run python data/prepare.py')
+        with open(name) as f:
+            ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in f if line.strip())}
+        pattern = SPLIT_PATTERN
+    specials = {tok: len(ranks) + i for i, tok in enumerate(SPECIAL_TOKENS)}
+    return tiktoken.Encoding(name=os.path.basename(name), pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
+
+# ----------------------------------------------------------------------------- 3. device and ranks
+
+def setup(device='auto', dtype='auto', seed=1337):
+    """Reads torchrun's RANK / LOCAL_RANK / WORLD_SIZE (absent: one process). Returns
+    (rank, world_size, device, autocast context). nccl on CUDA, gloo on CPU."""
+    rank, local_rank, world_size = (int(os.environ.get(k, d)) for k, d in
+                                    (('RANK', 0), ('LOCAL_RANK', 0), ('WORLD_SIZE', 1)))
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    if device == 'cuda':
+        device = f'cuda:{local_rank}'
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if 'RANK' in os.environ:  # started by torchrun (even with one process: the DDP path is the same)
+        dist.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
+    torch.manual_seed(seed + rank)
+    if dtype == 'auto':
+        dtype = 'bfloat16' if device.startswith('cuda') and torch.cuda.is_bf16_supported() else 'float32'
+    autocast = (torch.autocast('cuda', dtype=getattr(torch, dtype))
+                if device.startswith('cuda') and dtype != 'float32' else nullcontext())
+    return rank, world_size, device, autocast
+
+
+def teardown():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_mean(x):
+    """Mean of a float over all ranks (the float itself with one process)."""
+    if not dist.is_initialized():
+        return float(x)
+    t = torch.tensor(float(x), device='cuda' if dist.get_backend() == 'nccl' else 'cpu')
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
+
+# ----------------------------------------------------------------------------- 4. the configurator
+
+def configure(defaults, argv=None):
+    """A script's lowercase module-level int/float/bool/str constants are its config. Arguments:
+    'path.py' files of `key = value` lines, then --key=value, each cast to the default's type.
+    Updates `defaults` (the script's globals()) and returns the config as a dict."""
+    keys = {k: v for k, v in defaults.items() if not k.startswith('_') and k.islower()
+            and type(v) in (int, float, bool, str)}
+
+    def apply(key, value, where):
+        if key not in keys:
+            sys.exit(f'error: {where}: unknown config key {key!r}; valid keys: {", ".join(sorted(keys))}')
+        kind = type(keys[key])
+        try:
+            if isinstance(value, str) and kind is bool:
+                if value.lower() not in ('true', 'false', '1', '0'):
+                    raise ValueError(value)
+                value = value.lower() in ('true', '1')
+            elif isinstance(value, str) or (kind is float and type(value) is int):
+                value = kind(value)
+            if type(value) is not kind:
+                raise ValueError(value)
+        except ValueError:
+            sys.exit(f'error: {where}: {key} must be {kind.__name__}, got {value!r}')
+        defaults[key] = keys[key] = value
+
+    for arg in sys.argv[1:] if argv is None else argv:
+        if arg.startswith('--'):
+            key, eq, value = arg[2:].partition('=')
+            if not eq:
+                sys.exit(f'error: {arg}: write --{key}=VALUE')
+            apply(key, value, arg)
+        else:
+            if not os.path.isfile(arg):
+                sys.exit(f'error: config file {arg} not found')
+            with open(arg) as f:
+                tree = ast.parse(f.read(), filename=arg)
+            for node in tree.body:
+                if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+                    sys.exit(f'error: {arg}:{node.lineno}: only `key = value` lines are allowed')
+                try:
+                    value = ast.literal_eval(node.value)
+                except ValueError:
+                    sys.exit(f'error: {arg}:{node.lineno}: the value must be a literal')
+                apply(node.targets[0].id, value, f'{arg}:{node.lineno}')
+    return dict(keys)
+
+# ----------------------------------------------------------------------------- 5. checkpoints and training
+
+def raw_model(model):
+    """The plain GPT inside a DDP and/or torch.compile wrapper."""
+    model = getattr(model, 'module', model)
+    return getattr(model, '_orig_mod', model)
+
+
+def save_checkpoint(path, model, **extra):
+    """Atomic: a kill during the write leaves the previous checkpoint intact."""
+    model = raw_model(model)
+    ckpt = dict(model=model.state_dict(), model_args=asdict(model.config), **extra)
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    torch.save(ckpt, path + '.tmp')
+    os.replace(path + '.tmp', path)
+
+
+def load_checkpoint(path, made_by, device='cpu'):
+    """Loads out/<stage>/ckpt.pt (data only: weights_only=True). Returns (model, ckpt).
+    made_by: the command that writes this checkpoint, named in the error when it is missing."""
+    if not os.path.exists(path):
+        sys.exit(f'error: {path} not found: run {made_by} first')
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        model = GPT(GPTConfig(**ckpt['model_args']))
+        model.load_state_dict({k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()})
+    except Exception as e:
+        sys.exit(f'error: {path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]}); '
+                 f'delete it and run {made_by} again')
+    return model.to(device), ckpt
+
+
+def make_optimizer(model, lr, weight_decay, device):
+    """AdamW; weight decay on matrices and embeddings only, never on norms and biases."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=weight_decay),
+              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.startswith('cuda'))
+
+
+def lr_at(it, lr, min_lr, warmup_iters, max_iters):
+    """Linear warmup to lr over warmup_iters, then cosine decay to min_lr at max_iters."""
+    if it < warmup_iters:
+        return lr * (it + 1) / warmup_iters
+    progress = min(1.0, (it - warmup_iters) / max(1, max_iters - warmup_iters))
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def flops_per_token(model):
+    """Training FLOPs per token: 6 N for the matmuls plus 12 L d T for attention (PaLM, app. B)."""
+    cfg = raw_model(model).config
+    return 6 * raw_model(model).num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+
+def peak_flops(device):
+    """Dense peak FLOP/s of the device, for MFU. GPUs: bf16 tensor-core peaks from the data sheets;
+    CPUs: cores x clock x fp32 FLOPs per cycle (AVX-512: 64, AVX2+FMA: 32), a rough figure."""
+    if device.startswith('cuda'):
+        name = torch.cuda.get_device_name(device)
+        for gpu, peak in (('H200', 989e12), ('H100', 989e12), ('A100', 312e12), ('L4', 121e12),
+                          ('4090', 165e12), ('3090', 71e12), ('V100', 125e12), ('T4', 65e12)):
+            if gpu in name:
+                return peak
+        return float('nan')
+    try:
+        with open('/proc/cpuinfo') as f:
+            info = f.read()
+        ghz = max(float(line.split(':')[1]) for line in info.splitlines() if line.startswith('cpu MHz')) / 1000
+        per_cycle = 64 if ' avx512f' in info else 32 if ' fma' in info else 8
+        return torch.get_num_threads() * ghz * 1e9 * per_cycle
+    except (OSError, ValueError):
+        return float('nan')
