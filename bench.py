@@ -101,8 +101,10 @@ def main():
             if dev.startswith('cuda'):
                 torch.cuda.synchronize()
             times[name].append((time.perf_counter() - t0) / steps_per_round)
-    peak = peak_flops(dev)
-    print(f'{dev}, {torch.get_num_threads()} threads, batch {batch_size} x {block_size}, peak {peak / 1e12:.2f} TFLOP/s assumed')
+    bf16 = isinstance(autocast, torch.autocast)
+    peak = peak_flops(dev, bf16)
+    print(f'{dev} ({"bf16 autocast" if bf16 else "fp32"}), {torch.get_num_threads()} threads, batch {batch_size} x {block_size}, '
+          f'peak {peak / 1e12:.2f} TFLOP/s assumed')
     tok_s = {}
     for name, model in models.items():
         tok_s[name] = batch_size * block_size / statistics.median(times[name])

@@ -219,6 +219,10 @@ def setup(device='auto', dtype='auto', seed=1337):
                                     (('RANK', 0), ('LOCAL_RANK', 0), ('WORLD_SIZE', 1)))
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    if device not in ('cpu', 'cuda', 'mps') or (device == 'cuda' and not torch.cuda.is_available()):
+        sys.exit(f"error: device {device!r} is not available here (choose 'auto', 'cpu', 'cuda' or 'mps')")
+    if dtype not in ('auto', 'float32', 'bfloat16'):
+        sys.exit(f"error: dtype must be 'auto', 'float32' or 'bfloat16', not {dtype!r}")
     if device == 'cuda':
         device = f'cuda:{local_rank}'
         torch.cuda.set_device(device)
@@ -226,11 +230,20 @@ def setup(device='auto', dtype='auto', seed=1337):
     if 'RANK' in os.environ:  # started by torchrun (even with one process: the DDP path is the same)
         dist.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
     torch.manual_seed(seed + rank)
-    if dtype == 'auto':
-        dtype = 'bfloat16' if device.startswith('cuda') and torch.cuda.is_bf16_supported() else 'float32'
-    autocast = (torch.autocast('cuda', dtype=getattr(torch, dtype))
-                if device.startswith('cuda') and dtype != 'float32' else nullcontext())
+    if dtype == 'auto':  # bf16 matmuls where the chip has them: GPUs since Ampere, CPUs with AVX512-BF16 or AMX
+        native = torch.cuda.is_bf16_supported() if device.startswith('cuda') else device == 'cpu' and 'bf16' in cpu_flags()
+        dtype = 'bfloat16' if native else 'float32'
+    autocast = (torch.autocast(device.split(':')[0], dtype=torch.bfloat16) if dtype == 'bfloat16' else nullcontext())
     return rank, world_size, device, autocast
+
+
+def cpu_flags():
+    """The CPU's feature flags (Linux; empty elsewhere)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next((line for line in f if line.startswith('flags')), '')
+    except OSError:
+        return ''
 
 
 def teardown():
@@ -347,9 +360,10 @@ def flops_per_token(model):
     return 6 * raw_model(model).num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
 
-def peak_flops(device):
+def peak_flops(device, bf16):
     """Dense peak FLOP/s of the device, for MFU. GPUs: bf16 tensor-core peaks from the data sheets;
-    CPUs: cores x clock x fp32 FLOPs per cycle (AVX-512: 64, AVX2+FMA: 32), a rough figure."""
+    CPUs: cores x clock x fp32 FLOPs per cycle (AVX-512: 64, AVX2+FMA: 32), twice that for bf16
+    (AVX512-BF16 multiplies pairs of bf16 in each fp32 lane); a rough figure."""
     if device.startswith('cuda'):
         name = torch.cuda.get_device_name(device)
         for gpu, peak in (('H200', 989e12), ('H100', 989e12), ('A100', 312e12), ('L4', 121e12),
@@ -361,7 +375,7 @@ def peak_flops(device):
         with open('/proc/cpuinfo') as f:
             info = f.read()
         ghz = max(float(line.split(':')[1]) for line in info.splitlines() if line.startswith('cpu MHz')) / 1000
-        per_cycle = 64 if ' avx512f' in info else 32 if ' fma' in info else 8
+        per_cycle = (64 if ' avx512f' in info else 32 if ' fma' in info else 8) * (2 if bf16 else 1)
         return torch.get_num_threads() * ghz * 1e9 * per_cycle
     except (OSError, ValueError):
         return float('nan')

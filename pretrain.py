@@ -1,7 +1,7 @@
 """
 Pretraining: next-token prediction on plain text, from scratch. Writes out/pretrain/ckpt.pt.
 
-  python data/prepare.py && python pretrain.py          # the tiny world on a laptop CPU, ~4 minutes
+  python data/prepare.py && python pretrain.py          # the tiny world on a laptop CPU, 3-4 minutes
   torchrun --nproc_per_node=8 pretrain.py config/gpt2_small.py --data_dir=out/data/mytext
 
 Run it again after a kill (or with a larger --max_iters): it continues from the last checkpoint.
@@ -46,7 +46,7 @@ weight_decay = 0.1
 grad_clip = 1.0
 # system
 device = 'auto'               # 'auto', 'cpu', 'cuda', 'mps'
-dtype = 'auto'                # 'auto' (bfloat16 on CUDA, else float32), 'float32', 'bfloat16', 'float16'
+dtype = 'auto'                # 'auto' (bfloat16 on CUDA, else float32), 'float32', 'bfloat16'
 compile = True                # torch.compile on CUDA (on CPU it compiles longer than these runs last)
 seed = 1337
 # -----------------------------------------------------------------------------
@@ -73,9 +73,8 @@ def get_batch(tokens, batch_size, block_size, batch_seed, device):
     Drawn from a generator seeded per batch, so a resumed run sees the batches it would have seen."""
     starts = torch.randint(len(tokens) - block_size - 1, (batch_size,), generator=torch.Generator().manual_seed(batch_seed))
     xy = torch.from_numpy(np.stack([tokens[s:s + block_size + 1] for s in starts.tolist()]).astype(np.int64))
-    if device.startswith('cuda'):
-        xy = xy.pin_memory().to(device, non_blocking=True)
-    return xy[:, :-1].to(device), xy[:, 1:].to(device)
+    xy = xy.pin_memory().to(device, non_blocking=True) if device.startswith('cuda') else xy.to(device)
+    return xy[:, :-1], xy[:, 1:]
 
 
 def main():
@@ -112,7 +111,10 @@ def main():
               f'{batch_size * block_size * grad_accum_steps:,} tokens per iteration'
               + (f', resuming at iteration {start_iter}' if start_iter else ''))
         metrics_path = os.path.join(out_dir, 'metrics.jsonl')  # keep only what the resumed run will not redo
-        rows = [line for line in open(metrics_path) if json.loads(line)['iter'] < start_iter] if start_iter else []
+        rows = []
+        if start_iter and os.path.exists(metrics_path):
+            with open(metrics_path) as f:  # (a line cut short by a kill has no newline)
+                rows = [line for line in f if line.endswith('\n') and json.loads(line)['iter'] < start_iter]
         with open(metrics_path, 'w') as f:
             f.writelines(rows)
     if compile and dev.startswith('cuda'):
@@ -141,7 +143,7 @@ def main():
 
     decay_iters = lr_decay_iters or max_iters
     tokens_per_iter = batch_size * block_size * grad_accum_steps
-    peak = peak_flops(dev) * world_size
+    peak = peak_flops(dev, isinstance(autocast, torch.autocast)) * world_size
     bar = tqdm(total=max_iters, initial=start_iter, desc='pretrain', disable=not master, dynamic_ncols=True)
     t_last, it_last = time.time(), start_iter
     for it in range(start_iter, max_iters + 1):

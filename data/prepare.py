@@ -62,6 +62,8 @@ def main():
         print(f'world: {len(docs):,} documents, {len(sentences):,} sentences, {len(set(sentences)):,} distinct')
 
     if tokenizer == 'bpe':
+        if not 256 <= vocab_size <= 2**16 - len(model.SPECIAL_TOKENS):
+            sys.exit(f'error: vocab_size must be between 256 (the bytes) and {2**16 - len(model.SPECIAL_TOKENS)}')
         tok_path = os.path.join(out_dir, 'tokenizer.bpe')
         sample = '\n'.join(docs)[:bpe_train_chars]
         model.save_bpe(tok_path, bpe.train_bpe(sample, vocab_size, model.SPLIT_PATTERN))

@@ -54,7 +54,7 @@ def test_pretrain_lowers_loss_and_writes_checkpoint(data_dir, tmp_path):
 
 
 def test_resume_continues_with_the_same_losses(data_dir, tmp_path):
-    common = [*TINY, f'--data_dir={data_dir}', '--eval_interval=5', '--lr_decay_iters=12']
+    common = [*TINY, f'--data_dir={data_dir}', '--eval_interval=5', '--lr_decay_iters=12', '--dtype=float32']
     whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
     run('pretrain.py', *common, f'--out_dir={whole}', '--max_iters=12')
     run('pretrain.py', *common, f'--out_dir={split}', '--max_iters=7')   # as if killed after iteration 7 ...
