@@ -231,17 +231,17 @@ def setup(device='auto', dtype='auto', seed=1337):
         dist.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
     torch.manual_seed(seed + rank)
     if dtype == 'auto':  # bf16 matmuls where the chip has them: GPUs since Ampere, CPUs with AVX512-BF16 or AMX
-        native = torch.cuda.is_bf16_supported() if device.startswith('cuda') else device == 'cpu' and 'bf16' in cpu_flags()
+        native = torch.cuda.is_bf16_supported() if device.startswith('cuda') else device == 'cpu' and '_bf16' in cpuinfo()
         dtype = 'bfloat16' if native else 'float32'
     autocast = (torch.autocast(device.split(':')[0], dtype=torch.bfloat16) if dtype == 'bfloat16' else nullcontext())
     return rank, world_size, device, autocast
 
 
-def cpu_flags():
-    """The CPU's feature flags (Linux; empty elsewhere)."""
+def cpuinfo():
+    """/proc/cpuinfo: clock and feature flags (avx512_bf16, amx_bf16, ...). Empty where there is none."""
     try:
         with open('/proc/cpuinfo') as f:
-            return next((line for line in f if line.startswith('flags')), '')
+            return f.read()
     except OSError:
         return ''
 
@@ -367,15 +367,13 @@ def peak_flops(device, bf16):
     if device.startswith('cuda'):
         name = torch.cuda.get_device_name(device)
         for gpu, peak in (('H200', 989e12), ('H100', 989e12), ('A100', 312e12), ('L4', 121e12),
-                          ('4090', 165e12), ('3090', 71e12), ('V100', 125e12), ('T4', 65e12)):
+                          ('4090', 165e12), ('3090', 71e12)):
             if gpu in name:
                 return peak
         return float('nan')
-    try:
-        with open('/proc/cpuinfo') as f:
-            info = f.read()
-        ghz = max(float(line.split(':')[1]) for line in info.splitlines() if line.startswith('cpu MHz')) / 1000
-        per_cycle = (64 if ' avx512f' in info else 32 if ' fma' in info else 8) * (2 if bf16 else 1)
-        return torch.get_num_threads() * ghz * 1e9 * per_cycle
-    except (OSError, ValueError):
+    info = cpuinfo()
+    mhz = [float(line.split(':')[1]) for line in info.splitlines() if line.startswith('cpu MHz')]
+    if not mhz:
         return float('nan')
+    per_cycle = (64 if ' avx512f' in info else 32 if ' fma' in info else 8) * (2 if bf16 else 1)
+    return torch.get_num_threads() * max(mhz) * 1e6 * per_cycle

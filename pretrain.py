@@ -46,7 +46,7 @@ weight_decay = 0.1
 grad_clip = 1.0
 # system
 device = 'auto'               # 'auto', 'cpu', 'cuda', 'mps'
-dtype = 'auto'                # 'auto' (bfloat16 on CUDA, else float32), 'float32', 'bfloat16'
+dtype = 'auto'                # 'auto' (bfloat16 where the chip computes it natively, else float32), 'float32', 'bfloat16'
 compile = True                # torch.compile on CUDA (on CPU it compiles longer than these runs last)
 seed = 1337
 # -----------------------------------------------------------------------------
