@@ -4,8 +4,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+
+from model import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=8', '--eval_iters=2',
@@ -40,6 +43,30 @@ def test_prepare_writes_token_files(data_dir):
     meta = json.load(open(os.path.join(data_dir, 'meta.json')))
     assert meta['dtype'] == 'uint16' and meta['vocab_size'] == 304
     assert os.path.getsize(os.path.join(data_dir, 'train.bin')) == 2 * meta['train_tokens']
+
+
+def test_prepare_reads_your_own_text_files(tmp_path):
+    text = '\n<|endoftext|>\n'.join(f'Story {i} ends here.\nIt says <|end|> as text.' for i in range(100))
+    (tmp_path / 'mine.txt').write_text(text)
+    out = tmp_path / 'mytext'
+    run('data/prepare.py', f'--text_files={tmp_path / "mine.txt"}', '--vocab_size=280', f'--out_dir={out}')
+    meta = json.load(open(out / 'meta.json'))
+    assert meta['documents'] == 100
+    enc = load_tokenizer(meta['tokenizer'])
+    tokens = np.concatenate([np.fromfile(out / f'{split}.bin', dtype=np.uint16) for split in ('train', 'val')])
+    eot, end = enc.encode_single_token('<|endoftext|>'), enc.encode_single_token('<|end|>')
+    assert (tokens == eot).sum() == 100 and not (tokens == end).any()  # a special token's spelling in text is text
+    assert enc.decode(tokens[1:].tolist()).startswith('Story 0 ends here.\nIt says <|end|> as text.<|endoftext|>Story 1 ')
+
+
+@pytest.mark.parametrize('content, message', [(b'fine\nstill fine\n\xff\xfe broken\n', 'bad.txt:3: not UTF-8'),
+                                              (None, 'bad.txt not found'), (b'  \n', 'no text')])
+def test_prepare_bad_text_is_one_clear_error(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / 'bad.txt').write_bytes(content)
+    result = run('data/prepare.py', f'--text_files={tmp_path / "bad.txt"}', f'--out_dir={tmp_path / "out"}', check=False)
+    assert result.returncode != 0 and message in result.stderr and 'Traceback' not in result.stderr
+    assert not (tmp_path / 'out' / 'train.bin').exists()
 
 
 def test_pretrain_lowers_loss_and_writes_checkpoint(data_dir, tmp_path):
@@ -122,3 +149,11 @@ def test_resume_with_another_model_size_is_refused(data_dir, tmp_path):
     result = run('pretrain.py', *TINY, f'--data_dir={data_dir}', f'--out_dir={out}', '--n_embd=64', check=False)
     assert result.returncode != 0 and '--init=scratch' in result.stderr
     assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() == before
+
+
+@pytest.mark.parametrize('preset', sorted(os.listdir(os.path.join(ROOT, 'config'))))
+def test_presets_name_only_pretrain_settings(preset):
+    import pretrain
+    from model import configure
+    config = configure(dict(vars(pretrain)), [os.path.join(ROOT, 'config', preset)])
+    assert config['n_embd'] % config['n_head'] == 0
