@@ -132,16 +132,15 @@ def story(world, rng, characters=None, n_middle=None):
     names = characters or rng.sample(list(people), rng.choice([1, 1, 2, 2, 3]))
     hero, p = names[0], people[names[0]]
     he, him, his = PRONOUNS[p['pronoun']]
-    place = p['home']
+    place, landmark = p['home'], world['places'][p['home']][1]
     friends = and_list(names[1:]) if len(names) > 1 else ''
-    opening = [rng.choice([f'{rng.choice(TIMES)}, {hero} walked to {world["places"][place][1]} in {place}.',
+    opening = [rng.choice([f'{rng.choice(TIMES)}, {hero} walked to {landmark} in {place}.',
                            f'{rng.choice(TIMES)}, {hero} was at home in {place}.',
                            f'{rng.choice(TIMES)}, {hero} the {p["job"]} went out with {his} {p["pet"]}.'])]
     if friends:
         opening.append(rng.choice([f'{cap(he)} met {friends} on the way.', f'{friends} came to visit {him}.',
                                    f'{cap(he)} was happy to see {friends}.']))
     thing, animal = rng.choice(OBJECTS), rng.choice(list(world['animals']))
-    landmark = world['places'][place][1]
     events = [
         f'{cap(he)} found {thing} on the ground.',
         f'The {p["pet"]} of {hero} ran away, and {he} looked for it everywhere.',
