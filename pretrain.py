@@ -36,7 +36,7 @@ n_embd = 192
 block_size = 256
 # optimization
 batch_size = 16               # sequences per micro-step per process
-grad_accum_steps = 1          # micro-steps per iteration, summed over all processes
+grad_accum_steps = 1          # micro-steps per iteration on each process (torchrun N: N times the batch)
 max_iters = 400
 lr = 3e-3
 min_lr = 3e-4
@@ -81,9 +81,6 @@ def main():
     config = configure(globals())
     rank, world_size, dev, autocast = setup(device, dtype, seed)
     master = rank == 0
-    if grad_accum_steps % world_size:
-        sys.exit(f'error: grad_accum_steps={grad_accum_steps} must be a multiple of the {world_size} processes')
-    accum = grad_accum_steps // world_size  # micro-steps on this process
     if init not in ('resume', 'scratch'):
         sys.exit(f"error: init must be 'resume' or 'scratch', not {init!r}")
     train_tokens, meta = load_tokens(data_dir, 'train', block_size)
@@ -108,7 +105,7 @@ def main():
     if master:
         os.makedirs(out_dir, exist_ok=True)
         print(f'{model.num_params() / 1e6:.2f}M parameters, {world_size} process(es) on {dev}, '
-              f'{batch_size * block_size * grad_accum_steps:,} tokens per iteration'
+              f'{batch_size * block_size * grad_accum_steps * world_size:,} tokens per iteration'
               + (f', resuming at iteration {start_iter}' if start_iter else ''))
         metrics_path = os.path.join(out_dir, 'metrics.jsonl')  # keep only what the resumed run will not redo
         rows = []
@@ -142,7 +139,7 @@ def main():
         return out
 
     decay_iters = lr_decay_iters or max_iters
-    tokens_per_iter = batch_size * block_size * grad_accum_steps
+    tokens_per_iter = batch_size * block_size * grad_accum_steps * world_size
     peak = peak_flops(dev, isinstance(autocast, torch.autocast)) * world_size
     bar = tqdm(total=max_iters, initial=start_iter, desc='pretrain', disable=not master, dynamic_ncols=True)
     t_last, it_last = time.time(), start_iter
@@ -163,11 +160,12 @@ def main():
         for group in optimizer.param_groups:
             group['lr'] = step_lr
         loss_sum = 0.0
-        for micro in range(accum):
-            x, y = get_batch(train_tokens, batch_size, block_size, seed + 100_000 * it + rank * accum + micro, dev)
-            last = micro == accum - 1  # DDP averages gradients over processes only after the last micro-step
+        for micro in range(grad_accum_steps):
+            batch_seed = seed + 100_000 * it + rank * grad_accum_steps + micro  # the micro-batch's number, over all ranks
+            x, y = get_batch(train_tokens, batch_size, block_size, batch_seed, dev)
+            last = micro == grad_accum_steps - 1  # DDP averages gradients over processes only after the last micro-step
             with (nullcontext() if last or not ddp else model.no_sync()), autocast:
-                loss = model(x, y)[1] / accum
+                loss = model(x, y)[1] / grad_accum_steps
             loss.backward()
             loss_sum += loss.detach()
         if grad_clip > 0:
