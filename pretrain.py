@@ -102,10 +102,11 @@ def main():
     optimizer = make_optimizer(model, lr, weight_decay, dev)
     if ckpt is not None:
         optimizer.load_state_dict(ckpt['optimizer'])
+    tokens_per_iter = batch_size * block_size * grad_accum_steps * world_size
     if master:
         os.makedirs(out_dir, exist_ok=True)
         print(f'{model.num_params() / 1e6:.2f}M parameters, {world_size} process(es) on {dev}, '
-              f'{batch_size * block_size * grad_accum_steps * world_size:,} tokens per iteration'
+              f'{tokens_per_iter:,} tokens per iteration'
               + (f', resuming at iteration {start_iter}' if start_iter else ''))
         metrics_path = os.path.join(out_dir, 'metrics.jsonl')  # keep only what the resumed run will not redo
         rows = []
@@ -133,13 +134,13 @@ def main():
             for k in range(eval_iters):  # the same batches at every evaluation
                 x, y = get_batch(tokens, batch_size, block_size, 10**9 + k * world_size + rank, dev)
                 with autocast:
-                    losses.append(model(x, y)[1].item())
-            out[split] = all_mean(sum(losses) / len(losses))
+                    losses.append(model(x, y)[1])
+            out[split] = all_mean(torch.stack(losses).mean())  # (one sync with the GPU, not one per batch)
         model.train()
         return out
 
     decay_iters = lr_decay_iters or max_iters
-    tokens_per_iter = batch_size * block_size * grad_accum_steps * world_size
+    model_flops_per_token = flops_per_token(model)
     peak = peak_flops(dev, isinstance(autocast, torch.autocast)) * world_size
     bar = tqdm(total=max_iters, initial=start_iter, desc='pretrain', disable=not master, dynamic_ncols=True)
     t_last, it_last = time.time(), start_iter
@@ -177,7 +178,7 @@ def main():
         if master and it % log_interval == 0:  # (the loss of iteration `it` is that of the weights after `it` updates)
             loss_value = float(loss_sum)  # the one sync with the GPU in log_interval iterations
             tok_per_s = tokens_per_iter * (it + 1 - it_last) / (time.time() - t_last)
-            mfu = flops_per_token(model) * tok_per_s / peak
+            mfu = model_flops_per_token * tok_per_s / peak
             bar.set_postfix(loss=f'{loss_value:.3f}', tok_s=f'{tok_per_s:,.0f}', mfu=f'{100 * mfu:.1f}%')
             log(iter=it, loss=loss_value, lr=step_lr, tok_per_s=tok_per_s, mfu=mfu)
             t_last, it_last = time.time(), it + 1
