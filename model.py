@@ -4,10 +4,11 @@ The one module every stage shares:
   2. the tokenizer (the project's own BPE, or tiktoken's gpt2), with chat special tokens
   3. device, precision and distributed (torchrun) setup
   4. the --key=value configurator
-  5. checkpoints, optimizer, learning-rate schedule, MFU
+  5. JSONL data files, checkpoints, optimizer, learning-rate schedule, MFU
 """
 import ast
 import base64
+import json
 import math
 import os
 import sys
@@ -19,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 # ----------------------------------------------------------------------------- 1. the model
 
@@ -137,16 +139,17 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, n_pad=None, cache=None):
         """Logits (B, T, vocab) at every position; with targets also the mean cross-entropy over the
-        targets that are not -1 (a batch whose targets are all -1 gives 0, not NaN)."""
-        logits = self.lm_head(self.hidden(idx, n_pad, cache))
+        targets that are not -1 (a batch whose targets are all -1 gives 0, not NaN).
+        A model with a scalar head (a reward or value model) returns its scalar at every position
+        (B, T) instead of logits."""
+        h = self.hidden(idx, n_pad, cache)
+        if self.scalar_head is not None:
+            return self.scalar_head(h).squeeze(-1).float(), None
+        logits = self.lm_head(h)
         if targets is None:
             return logits, None
         losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1, reduction='none')
         return logits, losses.sum() / (targets != -1).sum().clamp(min=1)
-
-    def scores(self, idx, n_pad=None):
-        """The scalar head at every position (B, T): reward or value."""
-        return self.scalar_head(self.hidden(idx, n_pad)).squeeze(-1).float()
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, stop_token=None):
@@ -167,7 +170,7 @@ class GPT(nn.Module):
                 idx = logits.argmax(dim=-1, keepdim=True)
             else:
                 logits = logits / temperature
-                if top_k is not None:
+                if top_k:  # (None or 0: no top-k)
                     kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float('-inf'))
                 idx = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
@@ -179,6 +182,21 @@ class GPT(nn.Module):
                 if t % 8 == 7 and done.all():  # checking every step would sync the GPU every token
                     break
         return out, lengths
+
+
+@torch.no_grad()
+def sample_answers(model, enc, prompts, max_new_tokens, temperature=1.0, batch_size=64, progress=None):
+    """Answers to prompts (strings or message lists), batch by batch with the KV cache: a list of
+    token lists, each ending with <|end|> unless it ran out of max_new_tokens. progress: a tqdm
+    description, or None for no bar."""
+    model = raw_model(model)
+    end, answers = enc.encode_single_token('<|end|>'), []
+    for i in tqdm(range(0, len(prompts), batch_size), desc=progress, disable=progress is None, leave=False):
+        batch = [prompt_tokens(enc, p) for p in prompts[i:i + batch_size]]
+        room = min(max_new_tokens, model.config.block_size - max(len(p) for p in batch))
+        tokens, lengths = model.generate(batch, room, temperature=temperature, stop_token=end)
+        answers += [row[:n] for row, n in zip(tokens.tolist(), lengths.tolist())]
+    return answers
 
 # ----------------------------------------------------------------------------- 2. the tokenizer
 
@@ -209,6 +227,49 @@ def load_tokenizer(name):
         pattern = SPLIT_PATTERN
     specials = {tok: len(ranks) + i for i, tok in enumerate(SPECIAL_TOKENS)}
     return tiktoken.Encoding(name=os.path.basename(name), pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
+
+
+# The chat template: <|endoftext|> <|user|> text <|end|> <|assistant|> text <|end|> <|user|> ...
+# A conversation is a list of {'role': 'user' or 'assistant', 'content': text}; a prompt is a string
+# (one user turn) or such a list ending with the user's turn.
+def as_messages(prompt):
+    return [dict(role='user', content=prompt)] if isinstance(prompt, str) else prompt
+
+
+def render_chat(enc, messages):
+    """(tokens, trained): the conversation's token ids, and for each whether SFT's loss counts it:
+    the assistant's words and its <|end|>, never the user's turn or the <|assistant|> cue."""
+    special = enc.encode_single_token
+    tokens, trained = [special('<|endoftext|>')], [False]
+    for m in messages:
+        turn = enc.encode_ordinary(m['content']) + [special('<|end|>')]
+        tokens += [special(f'<|{m["role"]}|>')] + turn
+        trained += [False] + [m['role'] == 'assistant'] * len(turn)
+    return tokens, trained
+
+
+def prompt_tokens(enc, prompt):
+    """The tokens that ask the model for the assistant's next turn."""
+    return render_chat(enc, as_messages(prompt))[0] + [enc.encode_single_token('<|assistant|>')]
+
+
+def parse_chat(enc, tokens):
+    """The inverse of render_chat: token ids back to the list of messages."""
+    roles = {enc.encode_single_token(f'<|{r}|>'): r for r in ('user', 'assistant')}
+    messages = []
+    for t in tokens:
+        if t in roles:
+            messages.append(dict(role=roles[t], content=[]))
+        elif messages and t < enc.n_vocab - len(SPECIAL_TOKENS):  # (the special ids come last)
+            messages[-1]['content'].append(t)
+    return [dict(role=m['role'], content=enc.decode(m['content'])) for m in messages]
+
+
+def answer_text(enc, tokens):
+    """An answer's text: the tokens before the first <|end|>, without special or padding ids."""
+    end = enc.encode_single_token('<|end|>')
+    tokens = tokens[:tokens.index(end)] if end in tokens else tokens
+    return enc.decode([t for t in tokens if t < enc.n_vocab - len(SPECIAL_TOKENS)])
 
 # ----------------------------------------------------------------------------- 3. device and ranks
 
@@ -244,6 +305,15 @@ def cpuinfo():
             return f.read()
     except OSError:
         return ''
+
+
+def all_gather(items):
+    """Every rank's list, concatenated in rank order (the list itself with one process)."""
+    if not dist.is_initialized():
+        return list(items)
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, list(items))
+    return [x for part in parts for x in part]
 
 
 def teardown():
@@ -306,7 +376,33 @@ def configure(defaults, argv=None):
                 apply(node.targets[0].id, value, f'{arg}:{node.lineno}')
     return dict(keys)
 
-# ----------------------------------------------------------------------------- 5. checkpoints and training
+# ----------------------------------------------------------------------------- 5. data files, checkpoints and training
+
+def read_jsonl(paths, check, expected):
+    """The rows of comma-separated JSONL files. check(row) returns '' or what is wrong with the row;
+    a wrong row, or a line that is not UTF-8 JSON of the expected form, stops the script with one
+    error naming the file and line."""
+    rows = []
+    for path in filter(None, paths.split(',')):
+        if not os.path.isfile(path):
+            sys.exit(f'error: {path} not found')
+        with open(path, 'rb') as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line.decode('utf-8'))
+                    problem = check(row)
+                except UnicodeDecodeError:
+                    problem = 'not UTF-8 text'
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    problem = f'expected a JSON object {expected}'
+                if problem:
+                    sys.exit(f'error: {path}:{number}: {problem}')
+                rows.append(row)
+    return rows
+
+
 
 def raw_model(model):
     """The plain GPT inside a DDP and/or torch.compile wrapper."""
@@ -323,15 +419,24 @@ def save_checkpoint(path, model, **extra):
     os.replace(path + '.tmp', path)
 
 
-def load_checkpoint(path, made_by, device='cpu'):
+def load_checkpoint(path, made_by, device='cpu', scalar_head=None):
     """Loads out/<stage>/ckpt.pt (data only: weights_only=True). Returns (model, ckpt).
-    made_by: the command that writes this checkpoint, named in the error when it is missing."""
+    made_by: the command that writes this checkpoint, named in the error when it is missing.
+    scalar_head True/False: with/without a scalar head, whatever the checkpoint had (a new head
+    starts at zero output; a head not wanted is left out): a reward or value model from a policy."""
     if not os.path.exists(path):
         sys.exit(f'error: {path} not found: run {made_by} first')
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-        model = GPT(GPTConfig(**ckpt['model_args']))
-        model.load_state_dict({k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()})
+        args = dict(ckpt['model_args'], **({} if scalar_head is None else dict(scalar_head=scalar_head)))
+        model = GPT(GPTConfig(**args))
+        state = {k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()}
+        if not args['scalar_head']:
+            state = {k: v for k, v in state.items() if not k.startswith('scalar_head.')}
+        elif 'scalar_head.weight' not in state:
+            nn.init.zeros_(model.scalar_head.weight)
+            state.update({k: v for k, v in model.state_dict().items() if k.startswith('scalar_head.')})
+        model.load_state_dict(state)
     except Exception as e:
         sys.exit(f'error: {path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]}); '
                  f'delete it and run {made_by} again')

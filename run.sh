@@ -1,8 +1,74 @@
 #!/usr/bin/env bash
-# The chain on the tiny world. Extra arguments go to pretrain.py (e.g. --max_iters=100).
-# For several processes or GPUs: RUN="torchrun --nproc_per_node=8" bash run.sh
+# The whole recipe on the tiny world, one stage after the other:
+#   data -> pretrain -> SFT -> reward model -> best-of-K and PPO -> reward model and PPO again -> report
+# Each stage is skipped when it finished before and nothing it reads changed since (its script,
+# the stages before it), so after a crash or a kill, run it again: it goes on where it stopped.
+#
+#   bash run.sh                                      # 2 CPU cores: about 30 minutes
+#   RUN="torchrun --nproc_per_node=8" bash run.sh    # every training stage on 8 processes or GPUs
+#   PRESET=config/tiny OUT=out/tiny bash run.sh      # the tiny chain of the tests: a minute or two
+#
+# Each stage reads its preset $PRESET/<script>.py when there is one. Wall times go to
+# $OUT/stage_times.json, the report card to $OUT/report.md.
 set -euo pipefail
 cd "$(dirname "$0")"
-RUN=${RUN:-python}
-python data/prepare.py
-$RUN pretrain.py "$@"
+PYTHON=${PYTHON:-python}
+RUN=${RUN:-$PYTHON}
+OUT=${OUT:-out}
+PRESET=${PRESET:-}
+mkdir -p "$OUT"
+
+stage() {  # stage NAME INPUT... -- COMMAND...: runs COMMAND unless $OUT/NAME/.done is newer than every
+    local name=$1 done_file=$OUT/$1/.done fresh=1 cmd=() found=""   # input (a file, or a stage's .done)
+    shift
+    while [ "$1" != "--" ]; do
+        local input=$1
+        [ -f "$input" ] || input=$OUT/$1/.done
+        [ -f "$input" ] || { echo "error: $1 is missing" >&2; exit 1; }
+        [ -f "$done_file" ] && [ "$done_file" -nt "$input" ] || fresh=0
+        shift
+    done
+    shift
+    if [ $fresh = 1 ]; then echo "== $name: up to date, skipped"; return; fi
+    for arg in "$@"; do  # the stage's preset goes right after its script, before the --key=value arguments
+        cmd+=("$arg")
+        if [ -z "$found" ] && [[ $arg == *.py ]]; then
+            found=1
+            [ -n "$PRESET" ] && [ -f "$PRESET/$(basename "$arg")" ] && cmd+=("$PRESET/$(basename "$arg")")
+        fi
+    done
+    rm -f "$done_file"
+    echo "== $name: ${cmd[*]}"
+    local start=$SECONDS
+    "${cmd[@]}"
+    local seconds=$((SECONDS - start))
+    mkdir -p "$OUT/$name" && touch "$done_file"
+    "$PYTHON" -c 'import json, os, sys
+path, name, seconds = sys.argv[1:]
+times = json.load(open(path)) if os.path.exists(path) else {}
+times[name] = int(seconds)
+json.dump(times, open(path, "w"), indent=1)' "$OUT/stage_times.json" "$name" "$seconds"
+    echo "== $name: done in $((seconds / 60)) min $((seconds % 60)) s"
+}
+
+D=$OUT/data/world
+stage data data/prepare.py data/world.py data/tasks.py data/bpe.py -- \
+    "$PYTHON" data/prepare.py --out_dir="$D"
+stage pretrain pretrain.py model.py data -- \
+    $RUN pretrain.py --data_dir="$D" --out_dir="$OUT/pretrain"
+stage sft sft.py pretrain -- \
+    $RUN sft.py --init_from="$OUT/pretrain" --data_dir="$D" --demos="$D/sft.jsonl" --out_dir="$OUT/sft"
+stage reward reward.py sft -- \
+    $RUN reward.py --policy="$OUT/sft" --init_from="$OUT/sft" --out_dir="$OUT/reward"
+stage bestofk bestofk.py sft reward -- \
+    $RUN bestofk.py --init_from="$OUT/sft" --reward_model="$OUT/reward" --out_dir="$OUT/bestofk"
+stage rlhf rlhf.py sft reward -- \
+    $RUN rlhf.py --init_from="$OUT/sft" --ref_from="$OUT/sft" --reward_model="$OUT/reward" --out_dir="$OUT/rlhf"
+# round 2: the reward model learns from the PPO policy's answers too, then PPO goes on against it
+stage reward2 reward.py rlhf reward -- \
+    $RUN reward.py --policy="$OUT/rlhf" --init_from="$OUT/reward" --rankings="$OUT/reward/rankings.jsonl" --epochs=1 --out_dir="$OUT/reward2"
+stage rlhf2 rlhf.py rlhf reward2 -- \
+    $RUN rlhf.py --init_from="$OUT/rlhf" --ref_from="$OUT/sft" --reward_model="$OUT/reward2" --out_dir="$OUT/rlhf2"
+stage report report.py pretrain sft bestofk rlhf rlhf2 reward reward2 -- \
+    $RUN report.py --out_dir="$OUT"
+echo "report card: $OUT/report.md"

@@ -1,6 +1,6 @@
 """
 Makes the pretraining data: text -> tokenizer -> train.bin / val.bin (flat token arrays that
-pretrain.py memory-maps) and meta.json.
+pretrain.py memory-maps) and meta.json; for the world also sft.jsonl, the demonstrations of sft.py.
 
   python data/prepare.py                                   # the tiny world (default, offline)
   python data/prepare.py --text_files=a.txt,b.txt --out_dir=out/data/mytext      # your own text,
@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
 import model                   # noqa: E402
-from data import bpe, world    # noqa: E402
+from data import bpe, tasks, world    # noqa: E402
 
 # -----------------------------------------------------------------------------
 text_files = ''            # comma-separated UTF-8 files; empty: generate the tiny world
@@ -28,6 +28,8 @@ vocab_size = 2048          # bpe only: 256 bytes + merges (the special tokens co
 bpe_train_chars = 20_000_000  # bpe only: train on this much of the text (merges depend little on more)
 n_docs = 80_000            # world only: documents to generate
 seed = 0                   # world only: the world (who lives where) and the corpus drawn from it
+n_demos = 4000             # world only: SFT demonstrations written to sft.jsonl (data/tasks.py)
+flaw_rate = 0.4            # world only: the share of demonstrations with a flaw the gold judge sees
 val_fraction = 0.05        # the last share of the tokens is the validation set
 out_dir = 'out/data/world'
 # -----------------------------------------------------------------------------
@@ -60,6 +62,11 @@ def main():
         docs = world.corpus(world.make_world(seed), n_docs, seed)
         sentences = [s for d in docs for s in re.split(r'(?<=[.!?]) ', d)]
         print(f'world: {len(docs):,} documents, {len(sentences):,} sentences, {len(set(sentences)):,} distinct')
+        demos = tasks.demonstrations(world.make_world(seed), n_demos, flaw_rate, seed)
+        with open(os.path.join(out_dir, 'sft.jsonl.tmp'), 'w') as f:  # the chat demonstrations for sft.py
+            f.writelines(json.dumps(dict(messages=messages)) + '\n' for messages in demos)
+        os.replace(os.path.join(out_dir, 'sft.jsonl.tmp'), os.path.join(out_dir, 'sft.jsonl'))
+        print(f'{n_demos:,} demonstrations ({flaw_rate:.0%} with a flaw) in {out_dir}/sft.jsonl')
 
     if tokenizer == 'bpe':
         if not 256 <= vocab_size <= 2**16 - len(model.SPECIAL_TOKENS):

@@ -76,52 +76,52 @@ def and_list(names):
     return names[0] if len(names) == 1 else ', '.join(names[:-1]) + ' and ' + names[-1]
 
 
-def person_facts(world, name, rng):
-    """Sentences stating each fact about a person, in a random phrasing."""
+def pick(options, rng):
+    """One phrasing of each fact (a fact with one phrasing draws no random number)."""
+    return [phrasings[0] if len(phrasings) == 1 else rng.choice(phrasings) for phrasings in options]
+
+
+def person_facts(world, name):
+    """Each fact about a person, as the list of its phrasings."""
     p = world['people'][name]
     he, him, his = PRONOUNS[p['pronoun']]
     return [
-        rng.choice([f'{name} lives in {p["home"]}.', f'{name} has a home in {p["home"]}.',
-                    f'The home of {name} is in {p["home"]}.']),
-        rng.choice([f'{name} works as {a(p["job"])}.', f'{name} is {a(p["job"])}.',
-                    f'Every day {name} works as {a(p["job"])}.']),
-        rng.choice([f'{name} has a pet {p["pet"]}.', f'The pet of {name} is {a(p["pet"])}.',
-                    f'{name} keeps {a(p["pet"])} as a pet.']),
-        rng.choice([f'The favorite food of {name} is {p["food"]}.', f'{name} loves to eat {p["food"]}.',
-                    f'{name} likes {p["food"]} more than any other food.']),
-        rng.choice([f'{name} is {p["trait"]}.', f'People say that {name} is {p["trait"]}.',
-                    f'{cap(he)} is {a(p["trait"])} person.']),
+        [f'{name} lives in {p["home"]}.', f'{name} has a home in {p["home"]}.', f'The home of {name} is in {p["home"]}.'],
+        [f'{name} works as {a(p["job"])}.', f'{name} is {a(p["job"])}.', f'Every day {name} works as {a(p["job"])}.'],
+        [f'{name} has a pet {p["pet"]}.', f'The pet of {name} is {a(p["pet"])}.', f'{name} keeps {a(p["pet"])} as a pet.'],
+        [f'The favorite food of {name} is {p["food"]}.', f'{name} loves to eat {p["food"]}.', f'{name} likes {p["food"]} more than any other food.'],
+        [f'{name} is {p["trait"]}.', f'People say that {name} is {p["trait"]}.', f'{cap(he)} is {a(p["trait"])} person.'],
     ]
 
 
-def animal_facts(world, animal, rng):
+def animal_facts(world, animal):
     plural, color, home, food, sound = world['animals'][animal]
     return [
-        rng.choice([f'The {animal} is {color}.', f'{cap(a(animal))} is {a(color)} animal.', f'Most {plural} are {color}.']),
-        rng.choice([f'{cap(a(animal))} lives in {home}.', f'{cap(plural)} make their home in {home}.']),
-        rng.choice([f'{cap(a(animal))} eats {food}.', f'{cap(plural)} like to eat {food}.', f'The food of the {animal} is {food}.']),
-        rng.choice([f'The {animal} {sound}.', f'When it is happy, {a(animal)} {sound}.']),
+        [f'The {animal} is {color}.', f'{cap(a(animal))} is {a(color)} animal.', f'Most {plural} are {color}.'],
+        [f'{cap(a(animal))} lives in {home}.', f'{cap(plural)} make their home in {home}.'],
+        [f'{cap(a(animal))} eats {food}.', f'{cap(plural)} like to eat {food}.', f'The food of the {animal} is {food}.'],
+        [f'The {animal} {sound}.', f'When it is happy, {a(animal)} {sound}.'],
     ]
 
 
-def food_facts(world, food, rng):
+def food_facts(world, food):
     taste, made_from = world['foods'][food]
     fans = [n for n, p in world['people'].items() if p['food'] == food]
-    facts = [rng.choice([f'{cap(food)} is {taste}.', f'{cap(food)} tastes {taste}.']),
-             rng.choice([f'{cap(food)} is made from {made_from}.', f'To make {food}, you need {made_from}.'])]
+    facts = [[f'{cap(food)} is {taste}.', f'{cap(food)} tastes {taste}.'],
+             [f'{cap(food)} is made from {made_from}.', f'To make {food}, you need {made_from}.']]
     if fans:
-        facts.append(f'{and_list(fans)} {"love" if len(fans) > 1 else "loves"} {food}.')
+        facts.append([f'{and_list(fans)} {"love" if len(fans) > 1 else "loves"} {food}.'])
     return facts
 
 
-def place_facts(world, place, rng):
+def place_facts(world, place):
     what, landmark, weather = world['places'][place]
     locals_ = [n for n, p in world['people'].items() if p['home'] == place]
-    facts = [rng.choice([f'{place} is {what}.', f'There is {what} called {place}.']),
-             rng.choice([f'In {place} you can see {landmark}.', f'{cap(landmark)} is in {place}.']),
-             rng.choice([f'The weather in {place} is often {weather}.', f'It is often {weather} in {place}.'])]
+    facts = [[f'{place} is {what}.', f'There is {what} called {place}.'],
+             [f'In {place} you can see {landmark}.', f'{cap(landmark)} is in {place}.'],
+             [f'The weather in {place} is often {weather}.', f'It is often {weather} in {place}.']]
     if locals_:
-        facts.append(f'{and_list(locals_)} {"live" if len(locals_) > 1 else "lives"} in {place}.')
+        facts.append([f'{and_list(locals_)} {"live" if len(locals_) > 1 else "lives"} in {place}.'])
     return facts
 
 
@@ -176,13 +176,13 @@ def corpus(world, n_docs, seed=0):
         if kind < 0.5:
             sentences = story(world, rng)
         elif kind < 0.75:
-            sentences = person_facts(world, rng.choice(list(world['people'])), rng)
+            sentences = pick(person_facts(world, rng.choice(list(world['people']))), rng)
         elif kind < 0.85:
-            sentences = animal_facts(world, rng.choice(list(world['animals'])), rng)
+            sentences = pick(animal_facts(world, rng.choice(list(world['animals']))), rng)
         elif kind < 0.93:
-            sentences = place_facts(world, rng.choice(list(world['places'])), rng)
+            sentences = pick(place_facts(world, rng.choice(list(world['places']))), rng)
         else:
-            sentences = food_facts(world, rng.choice(list(world['foods'])), rng)
+            sentences = pick(food_facts(world, rng.choice(list(world['foods']))), rng)
         if kind >= 0.5:
             rng.shuffle(sentences)  # facts come in any order; a story keeps its order
         docs.append(' '.join(sentences))

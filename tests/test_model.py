@@ -82,11 +82,11 @@ def test_generate_too_long_is_an_error():
 def test_scalar_head_scores_every_position_causally():
     model = tiny_model(scalar_head=True)
     idx = torch.randint(50, (2, 10))
-    scores = model.scores(idx)
+    scores = model(idx)[0]
     assert scores.shape == (2, 10)
     changed = idx.clone()
     changed[:, 7] = (changed[:, 7] + 1) % 50
-    torch.testing.assert_close(model.scores(changed)[:, :7], scores[:, :7])
+    torch.testing.assert_close(model(changed)[0][:, :7], scores[:, :7])
 
 
 def test_loss_ignores_masked_targets_and_never_nans():

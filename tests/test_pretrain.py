@@ -151,9 +151,14 @@ def test_resume_with_another_model_size_is_refused(data_dir, tmp_path):
     assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() == before
 
 
-@pytest.mark.parametrize('preset', sorted(os.listdir(os.path.join(ROOT, 'config'))))
-def test_presets_name_only_pretrain_settings(preset):
-    import pretrain
+PRESETS = [('pretrain', 'config/gpt2_small.py')] + [
+    (name[:-3], f'config/tiny/{name}') for name in sorted(os.listdir(os.path.join(ROOT, 'config', 'tiny')))]
+
+
+@pytest.mark.parametrize('script, preset', PRESETS)
+def test_presets_name_only_settings_of_their_script(script, preset):
+    import importlib
     from model import configure
-    config = configure(dict(vars(pretrain)), [os.path.join(ROOT, 'config', preset)])
-    assert config['n_embd'] % config['n_head'] == 0
+    module = importlib.import_module('data.prepare' if script == 'prepare' else script)
+    config = configure(dict(vars(module)), [os.path.join(ROOT, preset)])  # (an unknown key exits)
+    assert 'n_head' not in config or config['n_embd'] % config['n_head'] == 0

@@ -1,0 +1,97 @@
+"""
+Talk to a checkpoint of any stage: a multi-turn chat in the terminal, sampled with the KV cache.
+
+  python chat.py                                    # chat with out/sft (made by python sft.py)
+  python chat.py --ckpt=out/rlhf --temperature=0    # any stage's checkpoint; 0 = greedy
+  python chat.py --prompt="Where does Mira live?"   # one answer on stdout, then exit (for scripts)
+
+In the chat, /reset forgets the conversation and /quit (or Ctrl-D) ends it. When the conversation
+outgrows the model's block_size, its oldest turns are dropped. The speed of each answer goes to
+stderr, so that stdout holds only the answers.
+"""
+import os
+import sys
+import time
+
+from model import answer_text, configure, load_checkpoint, load_tokenizer, prompt_tokens, setup
+
+# ----------------------------------------------------------------------------- config
+ckpt = 'out/sft'          # a stage's directory (holding ckpt.pt) or the path of a .pt file
+prompt = ''               # non-empty: answer this one prompt, print the answer and exit
+max_new_tokens = 128
+temperature = 0.8         # 0: greedy
+top_k = 50                # sample among the top_k likeliest tokens; 0: among all
+device = 'auto'           # 'auto', 'cpu', 'cuda', 'mps'
+dtype = 'auto'            # 'auto', 'float32', 'bfloat16'
+seed = 1337
+# -----------------------------------------------------------------------------
+STAGES = ('pretrain', 'sft', 'reward', 'rlhf', 'bestofk')  # each writes out/<stage>/ckpt.pt
+
+
+def made_by(path):
+    """The command that writes a checkpoint: out/<stage>/ckpt.pt -> python <stage>.py."""
+    stage = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return f'python {stage}.py' if stage in STAGES else 'the training script that writes it'
+
+
+def fit(enc, messages, block_size):
+    """The conversation without its oldest turns, as much as it takes for the prompt and max_new_tokens
+    to fit in block_size; None when the last message alone leaves no room for an answer."""
+    while len(messages) > 1 and len(prompt_tokens(enc, messages)) + max_new_tokens > block_size:
+        messages = messages[2:]  # one user turn and the assistant's answer
+    return messages if len(prompt_tokens(enc, messages)) < block_size else None
+
+
+def reply(model, enc, messages, autocast):
+    """The assistant's next turn (its speed goes to stderr)."""
+    tokens = prompt_tokens(enc, messages)
+    room = min(max_new_tokens, model.config.block_size - len(tokens))
+    start = time.perf_counter()
+    with autocast:
+        out, lengths = model.generate([tokens], room, temperature, top_k or None, enc.encode_single_token('<|end|>'))
+    n = lengths[0].item()
+    print(f'({n} tokens, {n / (time.perf_counter() - start):.0f} tok/s)', file=sys.stderr, flush=True)
+    return answer_text(enc, out[0, :n].tolist())
+
+
+def main():
+    configure(globals())
+    path = ckpt if ckpt.endswith('.pt') else os.path.join(ckpt, 'ckpt.pt')
+    _, _, dev, autocast = setup(device, dtype, seed)
+    model, meta = load_checkpoint(path, made_by(path), dev, scalar_head=False)
+    model.eval()
+    enc, block_size = load_tokenizer(meta['tokenizer']), model.config.block_size
+    if prompt:
+        messages = fit(enc, [dict(role='user', content=prompt)], block_size)
+        if messages is None:
+            sys.exit(f'error: the prompt is longer than the model reads (block_size={block_size} tokens)')
+        print(reply(model, enc, messages, autocast))
+        return
+    print(f'{path} ({meta.get("stage", "?")} stage, {model.num_params():,} parameters). '
+          '/reset forgets the conversation, /quit ends it.')
+    if meta.get('stage') == 'pretrain':
+        print('(a pretrained model has never seen a chat: expect it to ramble; python sft.py teaches it)')
+    history, told = [], False
+    while (line := input('> ').strip()) != '/quit':
+        if line == '/reset':
+            history = []
+            print('(conversation forgotten)')
+            continue
+        if not line:
+            continue
+        messages = fit(enc, history + [dict(role='user', content=line)], block_size)
+        if messages is None:
+            print(f'(too long: the model reads at most {block_size} tokens; skipped)')
+            continue
+        if len(messages) <= len(history) and not told:
+            told = True
+            print('(the conversation no longer fits the model: dropping its oldest turns)')
+        history = messages + [dict(role='assistant', content=reply(model, enc, messages, autocast))]
+        print(history[-1]['content'])
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C: leave quietly
+        print()

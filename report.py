@@ -1,0 +1,268 @@
+"""
+The chain's report card: every checkpoint answers the SAME held-out prompts (the world's 'eval' set),
+and the gold judge, the round-1 reward model and the SFT model look at the answers. Writes
+out/report.md, and the pictures out/report_*.png when matplotlib is installed.
+
+  python report.py                                 # every stage of out/ that has a checkpoint
+  python report.py --n_eval=50 --stages=sft,rlhf   # fewer prompts, some stages
+  torchrun --nproc_per_node=8 report.py            # each process answers a share of the prompts
+
+The main table has a row per checkpoint (the pretrained model is prompted with the chat template too): the
+gold judge's score (data/tasks.py) ± its standard error; the round-1 reward model's raw score of the answers
+that ended with <|end|>; KL to SFT, the mean of log pi(answer) - log pi_sft(answer) (<|end|> included), the
+sampled estimate of KL(pi || pi_sft) in nats per answer; the length in tokens; the win rate against SFT (per
+prompt 1 if the gold judge scores the answer above SFT's, 0.5 if equal, 0 if below); the stage's wall time
+(out/stage_times.json, which run.sh writes, else the checkpoint's train_time).
+"""
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from bestofk import answer_logprob
+from data import tasks
+from model import all_gather, answer_text, configure, load_checkpoint, load_tokenizer, sample_answers, setup, teardown
+from reward import answer_rewards
+
+# ----------------------------------------------------------------------------- config
+out_dir = 'out'               # reads out_dir/<stage>/ckpt.pt, writes out_dir/report.md and out_dir/report_*.png
+stages = 'pretrain,sft,bestofk,rlhf,rlhf2'  # the rows, in this order (each only if its checkpoint exists)
+reward_model = ''             # the RM of the RM-score column; '': out_dir/reward (round 1)
+n_eval = 200                  # held-out prompts
+max_new_tokens = 128
+temperature = 1.0
+n_examples = 5                # prompts shown with each checkpoint's answer side by side
+# system
+device = 'auto'
+dtype = 'auto'
+seed = 1337
+# -----------------------------------------------------------------------------
+
+
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def fmt(x, digits=3):
+    return '-' if x is None else f'{x:.{digits}f}'
+
+
+def duration(s):
+    return '-' if s is None else f'{s:.0f} s' if s < 120 else f'{s / 60:.1f} min' if s < 7200 else f'{s / 3600:.1f} h'
+
+
+def rm_path():
+    return os.path.join(reward_model or os.path.join(out_dir, 'reward'), 'ckpt.pt')
+
+
+def read_metrics(stage):
+    """ckpt['metrics'] of out_dir/<stage>/ckpt.pt ({} if there is none)."""
+    path = Path(out_dir, stage, 'ckpt.pt')
+    return (torch.load(path, map_location='cpu', weights_only=True).get('metrics') or {}) if path.exists() else {}
+
+
+def read_log(stage):
+    """The rows of out_dir/<stage>/metrics.jsonl ([] if absent; a line cut short by a kill is skipped)."""
+    path = Path(out_dir, stage, 'metrics.jsonl')
+    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    return [json.loads(line) for line in lines if line.strip() and line.endswith('\n')]
+
+
+@torch.no_grad()
+def evaluate(model, sft, rm, enc, world, prompts, autocast, dev, desc):
+    """One checkpoint's answers to the prompts (each rank a share, gathered in prompt order), judged: a dict of
+    the gold judge's summary, the mean RM score, KL to SFT and length, and the answers."""
+    rank, size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    mine = prompts[rank::size]
+    with autocast:
+        tokens = sample_answers(model.eval(), enc, mine, max_new_tokens, temperature, progress=desc if rank == 0 else None)
+    ended = [t[-1:] == [enc.encode_single_token('<|end|>')] for t in tokens]
+    pairs = [(p, answer_text(enc, t)) for p, t in zip(mine, tokens)]
+    rewards = [None] * len(pairs)
+    for i in range(0, len(pairs) if rm is not None else 0, 64):  # (an answer that never ended has no RM score)
+        with autocast:
+            scores = answer_rewards(rm, enc, pairs[i:i + 64], dev).float().tolist()
+        rewards[i:i + 64] = [r if e else None for r, e in zip(scores, ended[i:i + 64])]
+    kls = [a - b for a, b in zip(answer_logprob(model, enc, pairs, autocast, dev),
+                                 answer_logprob(sft, enc, pairs, autocast, dev))]
+    rows = sorted(all_gather(zip(range(rank, len(prompts), size), pairs, ended, rewards, kls, map(len, tokens))))
+    answers = [row[1][1] for row in rows]
+    return dict(summary=tasks.summarize(world, prompts, answers), answers=answers, ended=[row[2] for row in rows],
+                rm=mean(row[3] for row in rows), kl=mean(row[4] for row in rows), length=mean(row[5] for row in rows))
+
+
+def table(header, rows):
+    return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + \
+           ['| ' + ' | '.join(map(str, row)) + ' |' for row in rows]
+
+
+def stage_tables(results):
+    """The main table, then the gold judge's criteria, one column per 'kind/criterion'."""
+    main = [(stage, f'{fmt(r["summary"]["gold"])} ± {fmt(r["summary"]["gold_stderr"])}', fmt(r['rm']), fmt(r['kl'], 2),
+             fmt(r['length'], 1), fmt(r['win']), duration(r['time'])) for stage, r in results.items()]
+    keys = sorted({k for r in results.values() for k in r['summary']['criteria']})
+    per = [(stage, *(fmt(r['summary']['criteria'].get(k)) for k in keys)) for stage, r in results.items()]
+    return (table(['stage', 'gold ± se', 'RM score', 'KL to SFT', 'length', 'win vs SFT', 'time'], main)
+            + ['', '## Gold criteria by kind', ''] + table(['stage', *keys], per))
+
+
+def rm_table(rms):
+    """Each RM's held-out pairwise accuracy, on prompts in the phrasings of training and in new ones."""
+    rows = [(name, label, *(fmt(part[k]) for k in ('acc_gold', 'acc_label', 'ceiling', 'corr_gold')), part['gold_pairs'])
+            for name, m in rms.items()
+            for label, part in (('training phrasings', m), ('new phrasings', m.get('new_phrasings'))) if part]
+    return table(['RM', 'held-out prompts', 'acc vs gold', 'acc vs labels', 'label-noise ceiling', 'corr with gold',
+                  'pairs (gold differs)'], rows)
+
+
+def examples(results, prompts):
+    """The first prompt of each kind, then the next ones, up to n_examples, with each checkpoint's answer."""
+    first = {}
+    for i, p in enumerate(prompts):
+        first.setdefault(tasks.parse(p)[0], i)
+    chosen = sorted(first.values())[:n_examples]
+    chosen += [i for i in range(len(prompts)) if i not in chosen][:n_examples - len(chosen)]
+    lines = []
+    for number, i in enumerate(chosen, 1):
+        lines += ['', f'### {number}. {prompts[i]} ({tasks.parse(prompts[i])[0]})', '']
+        for stage, r in results.items():
+            text = (' '.join(r['answers'][i].split()) or '(empty)') + ('' if r['ended'][i] else ' ... (unfinished)')
+            lines.append(f'- **{stage}** (gold {r["summary"]["scores"][i]:.3f}): {text}')
+    return lines
+
+
+def pictures(logs, rms, best_of_k, results):
+    """Draws what there is data for into out_dir/report_*.png; returns the markdown lines that show them."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return ['pip install matplotlib for the pictures']
+    lines = []
+
+    def save(fig, name, caption):
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, f'report_{name}.png'), dpi=110)
+        plt.close(fig)
+        lines.append(f'![{caption}](report_{name}.png)')
+
+    def curve(rows, key, offset=0):
+        return [r['iter'] + offset for r in rows if key in r], [r[key] for r in rows if key in r]
+
+    if logs.get('pretrain'):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, label in (('loss', 'train (batch)'), ('train_loss', 'train'), ('val_loss', 'val')):
+            ax.plot(*curve(logs['pretrain'], key), '-' if key == 'loss' else 'o-', label=label)
+        ax.set(xlabel='iteration', ylabel='loss (nats per token)', title='pretraining')
+        ax.legend()
+        save(fig, 'pretrain', 'pretraining loss')
+    if logs.get('rlhf'):  # round 2 goes on where round 1 stopped
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+        offset = 0
+        for stage in filter(logs.get, ('rlhf', 'rlhf2')):
+            train, held = ([r for r in logs[stage] if r.get('kind') == kind] for kind in ('train', 'eval'))
+            for ax, key in zip(axes, ('rm_score', 'gold', 'kl')):
+                line, = ax.plot(*curve(train, key, offset), alpha=0.5, label=f'{stage}, rollouts')
+                ax.plot(*curve(held, key, offset), 'o-', color=line.get_color(), label=f'{stage}, held out')
+            offset += max([r['iter'] for r in held] or [0])
+        for ax, title in zip(axes, ("RM score (its round's RM, normalised)", 'gold score', 'KL to SFT (nats per answer)')):
+            ax.set(xlabel='PPO iteration', title=title)
+        axes[0].legend()
+        save(fig, 'ppo', 'PPO per iteration')
+    if logs.get('rlhf') or best_of_k:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for stage, label in (('rlhf', 'PPO'), ('rlhf_beta0', 'PPO, beta=0')):
+            held = [r for r in logs.get(stage, []) if r.get('kind') == 'eval']
+            if held:
+                ax.plot([math.sqrt(max(r['kl'], 0)) for r in held], [r['gold'] for r in held], 'o-', label=label)
+        if best_of_k:
+            ax.plot([math.sqrt(r['kl_bound']) for r in best_of_k], [r['gold'] for r in best_of_k], 's--',
+                    label='best-of-K (inference)')
+        if results.get('bestofk', {}).get('kl') is not None:
+            ax.plot(math.sqrt(max(results['bestofk']['kl'], 0)), results['bestofk']['summary']['gold'], '*',
+                    markersize=14, label='best-of-K fine-tuned')
+        ax.set(xlabel='sqrt(KL to SFT)', ylabel='gold score', title='over-optimisation')
+        ax.legend()
+        save(fig, 'overoptimisation', 'gold score against sqrt(KL)')
+    if rms:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        x = range(len(rms))
+        ax.bar([i - 0.15 for i in x], [m['acc_gold'] for m in rms.values()], 0.3, label='accuracy vs gold')
+        ax.bar([i + 0.15 for i in x], [m['acc_label'] for m in rms.values()], 0.3, label='accuracy vs labels')
+        ax.hlines([m['ceiling'] for m in rms.values()], [i for i in x], [i + 0.3 for i in x], colors='k',
+                  linewidth=2, label='label-noise ceiling')
+        ax.set(xticks=list(x), xticklabels=list(rms), xlim=(-0.7, len(rms) - 0.3), ylim=(0, 1.2),
+               ylabel='pairwise accuracy (held out)')
+        ax.legend(loc='upper center', ncol=3, fontsize='small')
+        save(fig, 'rm', 'reward model accuracy')
+    return lines
+
+
+def write_report(results, prompts):
+    rms = {name: m for name in ('reward', 'reward2') if (m := read_metrics(name))}
+    best_of_k = read_metrics('bestofk').get('best_of_k', [])
+    logs = {stage: read_log(stage) for stage in ('pretrain', 'rlhf', 'rlhf2', 'rlhf_beta0')}
+    lines = ['# Report: every stage on the same held-out prompts', '',
+             f"{len(prompts)} held-out prompts (the world's eval set), answers sampled at temperature {temperature}, "
+             f'at most {max_new_tokens} new tokens. RM score: {os.path.dirname(rm_path())} (raw). KL to SFT: '
+             "sampled estimate of KL(pi || pi_sft), nats per answer. Win vs SFT: the gold judge prefers this "
+             "answer to SFT's (ties count half).", '', '## Stages', '', *stage_tables(results)]
+    if rms:
+        lines += ['', '## Reward models', '', *rm_table(rms)]
+    if best_of_k:
+        lines += ['', '## Inference-time best-of-K (from the SFT model)', '', *table(
+            ['K', 'gold ± se', 'RM score', 'KL (log K - (K-1)/K)'],
+            [(r['k'], f'{fmt(r["gold"])} ± {fmt(r["gold_stderr"])}', fmt(r['rm_score']), fmt(r['kl_bound'], 2))
+             for r in best_of_k])]
+    lines += ['', '## Pictures', '', '\n\n'.join(pictures(logs, rms, best_of_k, results))]  # (a paragraph each)
+    lines += ['', '## Side by side', *examples(results, prompts)]
+    with open(os.path.join(out_dir, 'report.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+
+
+def main():
+    configure(globals())
+    if n_eval < 1:
+        sys.exit('error: n_eval must be at least 1')
+    rank, _, dev, autocast = setup(device, dtype, seed)
+    sft, sft_ckpt = load_checkpoint(os.path.join(out_dir, 'sft', 'ckpt.pt'), 'python sft.py', dev, scalar_head=False)
+    enc = load_tokenizer(sft_ckpt['tokenizer'])
+    world = tasks.load_world(sft_ckpt.get('data_dir', 'out/data/world'))
+    if world is None:
+        sys.exit('error: the SFT model was not trained on the world: there is no gold judge to report with')
+    rm = load_checkpoint(rm_path(), 'python reward.py', dev, scalar_head=True)[0] if os.path.exists(rm_path()) else None
+    times_path = Path(out_dir, 'stage_times.json')  # {stage: seconds}
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    prompts = tasks.prompt_set(world, 'eval', n_eval)
+    results = {}
+    for stage in filter(None, stages.split(',')):
+        path = os.path.join(out_dir, stage, 'ckpt.pt')
+        if not os.path.exists(path):
+            continue
+        made_by = f'python {stage.rstrip("2")}.py'
+        model, ckpt = (sft, sft_ckpt) if stage == 'sft' else load_checkpoint(path, made_by, dev, scalar_head=False)
+        torch.manual_seed(seed + rank)  # the same draws for a checkpoint whatever was evaluated before it
+        r = results[stage] = evaluate(model, sft, rm, enc, world, prompts, autocast, dev, f'{stage}: answering')
+        r['time'] = times.get(stage, ckpt.get('train_time'))
+        if rank == 0:
+            print(f'{stage:8s} gold {r["summary"]["gold"]:.3f} ± {r["summary"]["gold_stderr"]:.3f}, '
+                  f'RM score {fmt(r["rm"])}, KL to SFT {fmt(r["kl"], 2)}, length {r["length"]:.1f}')
+        del model, ckpt
+    sft_scores = results['sft']['summary']['scores'] if 'sft' in results else None
+    for r in results.values():  # the win rate against SFT by the gold judge
+        r['win'] = None if sft_scores is None else mean([1.0 if a > b else 0.5 if a == b else 0.0
+                                                         for a, b in zip(r['summary']['scores'], sft_scores)])
+    if rank == 0:
+        write_report(results, prompts)
+        print(f'wrote {os.path.join(out_dir, "report.md")}')
+    teardown()
+
+
+if __name__ == '__main__':
+    main()

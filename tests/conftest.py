@@ -1,0 +1,41 @@
+"""Shared by the stage tests: run a script as a user does, and a tiny chain of checkpoints
+(world data -> pretrain -> SFT) made once per test session, on the CPU, in seconds."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from data import world
+from data.bpe import train_bpe
+from model import SPLIT_PATTERN, load_tokenizer, save_bpe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def run_script(*args, check=True):
+    """python script --args in the project root; AssertionError with its output if it fails."""
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    if check and result.returncode != 0:
+        raise AssertionError(f'{args} failed:\n{result.stdout}\n{result.stderr}')
+    return result
+
+
+@pytest.fixture(scope='session')
+def tiny_chain(tmp_path_factory):
+    """Directories of a tiny world's data, pretrain and SFT checkpoints (the presets of config/tiny)."""
+    root = tmp_path_factory.mktemp('chain')
+    paths = {name: str(root / name) for name in ('data', 'pretrain', 'sft')}
+    run_script('data/prepare.py', 'config/tiny/prepare.py', f'--out_dir={paths["data"]}')
+    run_script('pretrain.py', 'config/tiny/pretrain.py', '--device=cpu', f'--data_dir={paths["data"]}',
+               f'--out_dir={paths["pretrain"]}')
+    run_script('sft.py', 'config/tiny/sft.py', '--device=cpu', f'--init_from={paths["pretrain"]}',
+               f'--out_dir={paths["sft"]}', f'--data_dir={paths["data"]}', f'--demos={paths["data"]}/sft.jsonl')
+    return paths
+
+
+@pytest.fixture(scope='session')
+def enc(tmp_path_factory):
+    """A 300-token BPE of a little of the world's prose, with the chat special tokens."""
+    path = str(tmp_path_factory.mktemp('tok') / 'tokenizer.bpe')
+    save_bpe(path, train_bpe(' '.join(world.corpus(world.make_world(0), 200)), 300, SPLIT_PATTERN, progress=False))
+    return load_tokenizer(path)

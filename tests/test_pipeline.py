@@ -1,0 +1,40 @@
+"""run.sh, the whole chain, on the tiny presets: every stage writes its checkpoint, the report card
+has a row per checkpoint with finite numbers, and a stage reruns when what it reads changed."""
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run_chain(out):
+    env = {**os.environ, 'PYTHON': sys.executable, 'OUT': str(out), 'PRESET': 'config/tiny', 'OMP_NUM_THREADS': '1',
+           'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']}
+    result = subprocess.run(['bash', 'run.sh'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return re.findall(r'^== (\w+): (up to date|done)', result.stdout, flags=re.M)
+
+
+def test_the_whole_chain_then_a_rerun_after_an_input_changed(tmp_path):
+    stages = ['data', 'pretrain', 'sft', 'reward', 'bestofk', 'rlhf', 'reward2', 'rlhf2', 'report']
+    assert run_chain(tmp_path) == [(stage, 'done') for stage in stages]
+    for stage in stages[1:-1]:
+        assert os.path.exists(tmp_path / stage / 'ckpt.pt'), stage
+    report = (tmp_path / 'report.md').read_text()
+    rows = {}
+    for line in report.splitlines():
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        if line.startswith('|') and cells[0] in ('pretrain', 'sft', 'bestofk', 'rlhf', 'rlhf2') and cells[0] not in rows:
+            rows[cells[0]] = cells
+    assert set(rows) == {'pretrain', 'sft', 'bestofk', 'rlhf', 'rlhf2'}, report[:2000]
+    for stage, cells in rows.items():
+        gold = float(cells[1].split()[0])
+        assert 0 <= gold <= 1 and math.isfinite(gold), cells
+    times = json.load(open(tmp_path / 'stage_times.json'))
+    assert set(times) == set(stages)
+    # the second round's reward model changed: PPO round 2 and the report run again, nothing else
+    os.utime(tmp_path / 'reward2' / '.done')
+    assert run_chain(tmp_path) == [(s, 'up to date') for s in stages[:-2]] + [('rlhf2', 'done'), ('report', 'done')]

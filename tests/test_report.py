@@ -1,0 +1,110 @@
+"""report.py on the tiny chain: pretrain and SFT (the session's tiny_chain), a tiny reward model,
+best-of-K and two PPO iterations, laid out as out/<stage>/ the way the pipeline writes them."""
+import importlib.util
+import json
+import math
+import os
+import sys
+
+import pytest
+
+import report
+from conftest import run_script
+
+STAGES = ['pretrain', 'sft', 'bestofk', 'rlhf']
+SMALL = ['--max_new_tokens=16', '--device=cpu']
+
+
+@pytest.fixture(scope='module')
+def out(tiny_chain, tmp_path_factory):
+    out = tmp_path_factory.mktemp('report') / 'out'
+    out.mkdir()
+    for stage in ('pretrain', 'sft'):
+        os.symlink(tiny_chain[stage], out / stage)
+    sft, rm = tiny_chain['sft'], str(out / 'reward')
+    run_script('reward.py', f'--policy={sft}', f'--init_from={sft}', f'--out_dir={rm}', '--n_prompts=8', '--k=2',
+               '--n_eval=8', *SMALL)
+    run_script('bestofk.py', f'--init_from={sft}', f'--reward_model={rm}', f'--out_dir={out}/bestofk', '--n_prompts=8',
+               '--k=2', '--iters=4', '--batch_size=4', '--n_eval=8', '--eval_k=4', *SMALL)
+    run_script('rlhf.py', f'--init_from={sft}', f'--ref_from={sft}', f'--reward_model={rm}', f'--out_dir={out}/rlhf',
+               '--iters=2', '--batch_size=16', '--minibatch_size=8', '--ppo_epochs=1', '--n_prompts=16', '--n_eval=8',
+               '--eval_interval=1', '--max_new_tokens=32', '--device=cpu')  # (>= 2 answers must end: rlhf.py's RM norm)
+    (out / 'stage_times.json').write_text(json.dumps({'sft': 12.4}))
+    return str(out)
+
+
+def run_report(out, *args):
+    run_script('report.py', f'--out_dir={out}', '--n_eval=8', *SMALL, *args)  # (the RM: out/reward)
+    with open(os.path.join(out, 'report.md')) as f:
+        return f.read()
+
+
+def section(text, title):
+    """The lines under '## title', up to the next section."""
+    return text.split(f'\n## {title}\n', 1)[1].split('\n## ', 1)[0].strip().splitlines()
+
+
+def table(lines):
+    """The first markdown table in the lines: a list of {column: cell}."""
+    rows = [[cell.strip() for cell in line.strip().strip('|').split('|')] for line in lines if line.startswith('|')]
+    assert set(rows[1]) == {'---'}, rows[1]
+    return [dict(zip(rows[0], row)) for row in rows[2:]]
+
+
+def finite(cell):
+    """True for a finite number, or two ('0.312 ± 0.097'); False for '-' (no value)."""
+    return cell != '-' and all(math.isfinite(float(x)) for x in cell.split(' ± '))
+
+
+def test_report_on_the_tiny_chain(out):
+    text = run_report(out)
+    rows = table(section(text, 'Stages'))
+    assert [row['stage'] for row in rows] == STAGES
+    for row in rows:
+        assert all(finite(row[col]) for col in ('gold ± se', 'KL to SFT', 'length', 'win vs SFT')), row
+        assert 0 <= float(row['gold ± se'].split(' ± ')[0]) <= 1 and 1 <= float(row['length']) <= 16
+        assert row['RM score'] == '-' or finite(row['RM score'])
+    by_stage = {row['stage']: row for row in rows}
+    assert by_stage['sft']['KL to SFT'] == '0.00' and by_stage['sft']['win vs SFT'] == '0.500'
+    assert by_stage['sft']['time'] == '12 s' and by_stage['pretrain']['time'] == '-'  # stage_times.json, then train_time
+    assert by_stage['bestofk']['time'] != '-' and by_stage['rlhf']['time'] != '-'
+    assert any(finite(row['RM score']) for row in rows)
+    criteria = table(section(text, 'Gold criteria by kind'))
+    assert [row['stage'] for row in criteria] == STAGES and 'story/length' in criteria[0]
+    assert all(finite(cell) for row in criteria for key, cell in row.items() if key != 'stage' and cell != '-')
+    assert [row['K'] for row in table(section(text, 'Inference-time best-of-K (from the SFT model)'))] == ['1', '2', '4']
+    rms = table(section(text, 'Reward models'))
+    assert rms[0]['RM'] == 'reward' and finite(rms[0]['acc vs gold'])
+    examples = '\n'.join(section(text, 'Side by side'))
+    assert examples.count('### ') == report.n_examples
+    for stage in STAGES:
+        assert examples.count(f'- **{stage}** (gold ') == report.n_examples
+    if importlib.util.find_spec('matplotlib') is None:
+        assert section(text, 'Pictures') == ['pip install matplotlib for the pictures']
+    else:
+        assert os.path.exists(os.path.join(out, 'report_ppo.png'))
+    # reproducible: a checkpoint's answers do not depend on which checkpoints were evaluated before it
+    again = table(section(run_report(out, '--stages=rlhf,sft'), 'Stages'))
+    assert [row['stage'] for row in again] == ['rlhf', 'sft']
+    assert again[0] == by_stage['rlhf'] and again[1] == by_stage['sft']
+
+
+def test_without_matplotlib_the_report_says_how_to_get_the_pictures(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)  # `import matplotlib` raises ImportError
+    assert report.pictures({}, {}, [], {}) == ['pip install matplotlib for the pictures']
+
+
+def test_pictures_of_every_kind(tmp_path, monkeypatch):
+    pytest.importorskip('matplotlib')
+    monkeypatch.setattr(report, 'out_dir', str(tmp_path))
+    ppo = [dict(kind='train', iter=i, rm_score=0.1 * i, kl=0.5 * i, gold=0.4) for i in range(4)] + \
+          [dict(kind='eval', iter=i, rm_score=0.1 * i, kl=0.5 * i, gold=0.4, gold_stderr=0.05) for i in (0, 2, 4)]
+    logs = dict(pretrain=[dict(iter=0, train_loss=5.0, val_loss=5.1), dict(iter=0, loss=5.0), dict(iter=1, loss=4.0)],
+                rlhf=ppo, rlhf2=ppo, rlhf_beta0=ppo)
+    metrics = dict(acc_gold=0.8, acc_label=0.7, ceiling=0.9, corr_gold=0.5, gold_pairs=10)
+    best_of_k = [dict(k=k, gold=0.5, gold_stderr=0.1, rm_score=0.0, kl_bound=math.log(k) - (k - 1) / k) for k in (1, 2)]
+    lines = report.pictures(logs, dict(reward=metrics, reward2=metrics), best_of_k,
+                            dict(bestofk=dict(kl=1.0, summary=dict(gold=0.6))))
+    names = ['pretrain', 'ppo', 'overoptimisation', 'rm']
+    assert [line.split('(')[-1] for line in lines] == [f'report_{name}.png)' for name in names]
+    assert all((tmp_path / f'report_{name}.png').stat().st_size > 1000 for name in names)

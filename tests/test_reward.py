@@ -1,0 +1,112 @@
+import itertools
+import json
+import math
+import os
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import reward
+from conftest import run_script
+from model import GPT, GPTConfig, make_optimizer, read_jsonl
+
+
+@pytest.mark.parametrize('k', [2, 4, 9])
+def test_ranking_loss_equals_the_explicit_pairs(k):
+    torch.manual_seed(k)
+    sizes = [k, 2, k]
+    rewards = torch.randn(sum(sizes), requires_grad=True)
+    loss = reward.ranking_loss(rewards, sizes)
+    loss.backward()
+    fast_grad = rewards.grad.clone()
+    rewards.grad = None
+    explicit, start = [], 0
+    for size in sizes:  # every pair (better, worse) of each prompt, written out
+        pairs = [-F.logsigmoid(rewards[start + i] - rewards[start + j]) for i, j in itertools.combinations(range(size), 2)]
+        assert len(pairs) == math.comb(size, 2)
+        explicit.append(sum(pairs) / len(pairs))
+        start += size
+    slow = sum(explicit) / len(explicit)
+    slow.backward()
+    torch.testing.assert_close(loss, slow)
+    torch.testing.assert_close(fast_grad, rewards.grad)
+
+
+def test_labeler_orders_by_gold_and_its_noise_is_bradley_terry():
+    rng = random.Random(0)
+    golds = [0.2, 1.0, 0.5, 0.5]
+    assert reward.rank(golds, rng, 0)[:1] == [1] and reward.rank(golds, rng, 0)[-1] == 0
+    assert {tuple(reward.rank(golds, rng, 0)) for _ in range(50)} == {(1, 2, 3, 0), (1, 3, 2, 0)}  # ties at random
+    T, n = 0.25, 4000
+    above = sum(o.index(2) < o.index(0) for o in (reward.rank(golds, rng, T) for _ in range(n))) / n
+    assert abs(above - 1 / (1 + math.exp(-0.3 / T))) < 0.03  # P(0.5 above 0.2) = sigmoid(0.3 / T)
+    ceiling = reward.noise_ceiling([0.0, 0.3], T)
+    assert ceiling == [pytest.approx(1 / (1 + math.exp(-0.3 / T)))] and reward.noise_ceiling([0.5, 0.5], T) == [0.5]
+
+
+def test_tiny_reward_model_learns_a_separable_preference(enc):
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    words = 'the fox owl cat lives in a den and eats berries with Mira Leo in Sunvale'.split()
+
+    def example():  # two answers to a prompt; the better one says 'please'
+        prompt = ' '.join(rng.choices(words, k=5)) + '?'
+        plain = ' '.join(rng.choices(words, k=rng.randint(3, 8))) + '.'
+        marked = plain.split()
+        marked.insert(rng.randint(0, len(marked)), 'please')
+        return prompt, [' '.join(marked), plain] if rng.random() < 0.5 else [' '.join(marked), ' '.join(rng.choices(words, k=6)) + '.']
+
+    train, held_out = [example() for _ in range(400)], [example() for _ in range(100)]
+    rm = GPT(GPTConfig(vocab_size=320, block_size=64, n_layer=1, n_head=2, n_embd=32, scalar_head=True))
+    optimizer = make_optimizer(rm, 3e-3, 0.0, 'cpu')
+    for step in range(80):
+        batch = [train[i] for i in rng.sample(range(len(train)), 16)]
+        r = reward.answer_rewards(rm, enc, [(p, a) for p, answers in batch for a in answers], 'cpu')
+        loss = reward.ranking_loss(r, [2] * len(batch))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    with torch.no_grad():
+        r = reward.answer_rewards(rm, enc, [(p, a) for p, answers in held_out for a in answers], 'cpu').view(-1, 2)
+    assert (r[:, 0] > r[:, 1]).float().mean() >= 0.9
+
+
+def test_reward_stage_on_the_tiny_chain(tiny_chain, tmp_path):
+    out = str(tmp_path / 'reward')
+    result = run_script('reward.py', f'--policy={tiny_chain["sft"]}', f'--init_from={tiny_chain["sft"]}', f'--out_dir={out}',
+                        '--n_prompts=16', '--k=3', '--n_eval=8', '--max_new_tokens=16', '--batch_size=4', '--device=cpu')
+    assert 'ceiling' in result.stdout
+    rows = [json.loads(line) for line in open(os.path.join(out, 'rankings.jsonl'))]
+    assert len(rows) == 16 and all(len(r['answers']) == 3 for r in rows)
+    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
+    assert ckpt['stage'] == 'reward' and ckpt['model_args']['scalar_head'] and 0 <= ckpt['metrics']['acc_label'] <= 1
+    # round 2: start from this RM, add its rankings (K=3) to new ones (K=2)
+    out2 = str(tmp_path / 'reward2')
+    run_script('reward.py', f'--policy={tiny_chain["sft"]}', f'--init_from={out}', f'--out_dir={out2}', '--n_prompts=8',
+               '--k=2', '--n_eval=0', '--max_new_tokens=16', f'--rankings={out}/rankings.jsonl', '--device=cpu')
+    assert os.path.exists(os.path.join(out2, 'ckpt.pt'))
+
+
+@pytest.mark.parametrize('line, problem', [
+    ('{"prompt": "Hi?", "answers": ["only one"]}', 'at least 2'),
+    ('{"prompt": "Hi?", "answers": ["fine", " "]}', 'an answer is empty'),
+    ('{"prompt": "Hi?"}', 'expected a JSON object'),
+    ('{"answers": ["a", "b"]}', 'expected a JSON object'),
+    ('{"prompt": "Hi?", "answers": ["a", "b"]', 'expected a JSON object'),
+])
+def test_malformed_rankings_are_reported_and_nothing_written(tmp_path, line, problem):
+    path = tmp_path / 'rankings.jsonl'
+    path.write_text('{"prompt": "Hi?", "answers": ["a", "b"]}\n' + line + '\n')
+    with pytest.raises(SystemExit) as error:
+        read_jsonl(str(path), reward.is_ranking, "{...}")
+    assert f'{path}:2: ' in str(error.value) and problem in str(error.value)
+
+
+def test_non_utf8_rankings_stop_the_script_before_it_writes(tmp_path):
+    path = tmp_path / 'rankings.jsonl'
+    path.write_bytes(b'{"prompt": "Hi?", "answers": ["a", "b"]}\n{"prompt": "Hi?", "answers": ["a", "\xff"]}\n')
+    result = run_script('reward.py', f'--rankings={path}', f'--out_dir={tmp_path / "out"}', '--device=cpu', check=False)
+    assert result.returncode != 0 and f'{path}:2: not UTF-8' in result.stderr and 'Traceback' not in result.stderr
+    assert not (tmp_path / 'out').exists()
