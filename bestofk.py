@@ -11,7 +11,7 @@ out/bestofk/ckpt.pt. Optionally again: sample from the fine-tuned model, fine-tu
 
 It also measures plain best-of-K at inference time (no fine-tuning: sample K, answer with the one
 the RM likes best) for K = 1, 2, 4, ..., eval_k on the held-out prompts. That policy's KL to the
-SFT model is known exactly: log K - (K-1)/K (Stiennon et al. 2020, app. G.3).
+SFT model is known exactly: log K - (K-1)/K (Stiennon et al. 2020; Gao et al. 2022).
 """
 import math
 import os

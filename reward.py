@@ -125,7 +125,8 @@ def answer_rewards(rm, enc, pairs, device):
 
 def sample_and_rank(model, enc, world, prompts, autocast, desc, rng):
     """K answers to each prompt (this rank's share), ranked by the noisy labeler; gathered from all
-    ranks: a list of dicts {prompt, answers (best first), gold (their gold scores)}."""
+    ranks: a list of dicts {prompt, answers (best first), gold (their gold scores)}. An empty answer
+    (the policy ended at once) is left out of its ranking, as the ranking format has no empty answers."""
     rank_, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     mine = prompts[rank_::world_size]
     with autocast:
@@ -135,8 +136,9 @@ def sample_and_rank(model, enc, world, prompts, autocast, desc, rng):
     for i, prompt in enumerate(mine):
         answers = [answer_text(enc, t) for t in tokens[i * k:(i + 1) * k]]
         golds = [tasks.score(world, prompt, a)[0] for a in answers]
-        order = rank(golds, rng, label_temperature)
-        rows.append(dict(prompt=prompt, answers=[answers[j] for j in order], gold=[golds[j] for j in order]))
+        order = [j for j in rank(golds, rng, label_temperature) if answers[j].strip()]  # (empty answers left out)
+        if len(order) >= 2:
+            rows.append(dict(prompt=prompt, answers=[answers[j] for j in order], gold=[golds[j] for j in order]))
     return all_gather(rows)
 
 

@@ -51,7 +51,7 @@ max_new_tokens = 128
 temperature = 1.0             # sampling temperature; the log-probs divide the logits by it too
 lr = 5e-5                     # policy
 value_lr = 1e-4
-beta = 0.05                   # KL penalty per token: reward -= beta * (log pi - log pi_ref)
+beta = 0.15                   # KL penalty per token: reward -= beta * (log pi - log pi_ref)
 kl_target = 0.0               # > 0: adapt beta toward this KL per answer (Ziegler et al. 2019, eq. 2); 0: fixed
 gamma = 1.0                   # GAE discount (Schulman et al. 2016); 1: the reward at the end counts in full
 lam = 0.95                    # GAE lambda

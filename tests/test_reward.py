@@ -79,7 +79,7 @@ def test_reward_stage_on_the_tiny_chain(tiny_chain, tmp_path):
                         '--n_prompts=16', '--k=3', '--n_eval=8', '--max_new_tokens=16', '--batch_size=4', '--device=cpu')
     assert 'ceiling' in result.stdout
     rows = [json.loads(line) for line in open(os.path.join(out, 'rankings.jsonl'))]
-    assert len(rows) == 16 and all(len(r['answers']) == 3 for r in rows)
+    assert len(rows) <= 16 and all(2 <= len(r['answers']) <= 3 and all(a.strip() for a in r['answers']) for r in rows)
     ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
     assert ckpt['stage'] == 'reward' and ckpt['model_args']['scalar_head'] and 0 <= ckpt['metrics']['acc_label'] <= 1
     # round 2: start from this RM, add its rankings (K=3) to new ones (K=2)

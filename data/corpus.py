@@ -1,0 +1,110 @@
+"""
+Downloads a real pretraining corpus as UTF-8 text for data/prepare.py: <out_dir>/<name>.txt, documents
+separated by lines holding only <|endoftext|>. Then run the command it prints last (data/prepare.py).
+
+  python data/corpus.py                        # tiny Shakespeare (1 MB, one document): a first run on real text
+  python data/corpus.py --name=tinystories     # TinyStories' validation split (19 MB, ~22k short stories)
+  python data/corpus.py --name=c4              # C4 English web text, for GPUs: 1 of 1024 shards (0.3 GB download,
+  python data/corpus.py --name=c4 --shards=32  #   ~356k documents, ~150M gpt2 tokens), or the first 32 (~5B tokens)
+  python data/corpus.py --name=c4 --file=c4-train.00000-of-01024.json.gz   # local files instead (comma-separated)
+
+Files named .json/.jsonl(.gz) hold JSON lines with a "text" string (C4's format), others text (documents
+separated by <|endoftext|> lines, or the whole file one). Downloads are kept (out_dir/download).
+A malformed file is an error that names file:line, and nothing is written.
+"""
+import gzip
+import itertools
+import json
+import os
+import re
+import sys
+import zlib
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
+import model                   # noqa: E402
+from data.alpaca import download  # noqa: E402  (kept in out_dir, not fetched again)
+
+SOURCES = {
+    'shakespeare': 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt',
+    'tinystories': 'https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-valid.txt',
+    'c4': 'https://huggingface.co/datasets/allenai/c4/resolve/main/en/c4-train.{:05d}-of-01024.json.gz',
+}
+# -----------------------------------------------------------------------------
+name = 'shakespeare'       # 'shakespeare', 'tinystories' or 'c4'; with --file any name (it names the output)
+file = ''                  # comma-separated local files (.json/.jsonl(.gz) or text, see above); empty: download
+shards = 1                 # c4 only: how many of its 1024 training shards to download
+max_docs = 0               # keep only the first this many documents; 0: all
+out_dir = 'out/data/raw'
+# -----------------------------------------------------------------------------
+
+
+def decode(raw, path, line):
+    try:
+        return raw.decode('utf-8-sig' if line == 1 else 'utf-8').replace('\r\n', '\n')
+    except UnicodeDecodeError as e:
+        sys.exit(f'error: {path}:{line}: not UTF-8 text ({e.reason})')
+
+
+def text_documents(path):
+    """The documents of a text file: separated by lines holding only <|endoftext|>, else the whole file."""
+    with open(path, 'rb') as f:
+        text = ''.join(decode(raw, path, n) for n, raw in enumerate(f, 1))
+    return re.split(r'^[ \t]*<\|endoftext\|>[ \t]*$', text, flags=re.M)
+
+
+def jsonl_documents(path):
+    """The "text" of each line of a JSON-lines file, gzipped if its name ends in .gz."""
+    n = 0
+    try:
+        with (gzip.open if path.endswith('.gz') else open)(path, 'rb') as f:
+            for n, raw in enumerate(f, 1):
+                if raw.strip():
+                    try:
+                        record = json.loads(decode(raw, path, n))
+                    except json.JSONDecodeError as e:
+                        sys.exit(f'error: {path}:{n}: bad JSON ({e.msg}, column {e.colno})')
+                    if not isinstance(record, dict) or not isinstance(record.get('text'), str):
+                        sys.exit(f'error: {path}:{n}: not an object with a "text" string')
+                    yield record['text']
+    except (OSError, EOFError, zlib.error) as e:  # (gzip.BadGzipFile is an OSError)
+        sys.exit(f'error: {path}:{n + 1}: not a whole gzip file ({e})')
+
+
+def main():
+    model.configure(globals())
+    if file:
+        paths = file.split(',')
+    elif name not in SOURCES:
+        sys.exit(f'error: name must be one of {", ".join(SOURCES)} (or pass --file), not {name!r}')
+    elif not 1 <= shards <= 1024:
+        sys.exit(f'error: shards must be between 1 and 1024, not {shards}')
+    else:
+        urls = [SOURCES[name].format(i) for i in range(shards if name == 'c4' else 1)]
+        paths = [os.path.join(out_dir, 'download', name, os.path.basename(url)) for url in urls]
+        for url, path in zip(urls, paths):
+            download(url, path)
+    if missing := [path for path in paths if not os.path.isfile(path)]:
+        sys.exit(f'error: {", ".join(missing)} not found')
+    docs = (doc.strip() for path in paths for doc in (jsonl_documents if path.endswith(
+        ('.json', '.jsonl', '.json.gz', '.jsonl.gz')) else text_documents)(path))
+    os.makedirs(out_dir, exist_ok=True)
+    out = os.path.join(out_dir, f'{name}.txt')
+    n_docs = n_chars = 0
+    try:  # into out.tmp, removed on any error: a malformed file writes nothing
+        with open(out + '.tmp', 'w', encoding='utf-8', newline='\n') as f:
+            for doc in itertools.islice(filter(None, docs), max_docs or None):
+                f.write(doc + '\n<|endoftext|>\n')
+                n_docs, n_chars = n_docs + 1, n_chars + len(doc)
+        if not n_docs:
+            sys.exit(f'error: {", ".join(paths)}: no text')
+    except BaseException:
+        if os.path.exists(out + '.tmp'):
+            os.remove(out + '.tmp')
+        raise
+    os.replace(out + '.tmp', out)
+    print(f'{out}: {n_docs:,} documents, {n_chars:,} characters from {", ".join(paths)}\nnext:\n'
+          f'python data/prepare.py --text_files={out} --tokenizer=gpt2 --out_dir=out/data/{name}')
+
+
+if __name__ == '__main__':
+    main()
