@@ -318,6 +318,7 @@ def all_gather(items):
 
 def teardown():
     if dist.is_initialized():
+        dist.barrier()  # every rank done with its collectives before the group goes
         dist.destroy_process_group()
 
 

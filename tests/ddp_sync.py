@@ -17,4 +17,5 @@ dist.all_gather_object(gathered, checksums)
 if dist.get_rank() == 0:
     with open(os.path.join(pretrain.out_dir, 'rank_params.json'), 'w') as f:
         json.dump(gathered, f)
+dist.barrier()
 dist.destroy_process_group()
