@@ -232,10 +232,6 @@ def load_tokenizer(name):
 # The chat template: <|endoftext|> <|user|> text <|end|> <|assistant|> text <|end|> <|user|> ...
 # A conversation is a list of {'role': 'user' or 'assistant', 'content': text}; a prompt is a string
 # (one user turn) or such a list ending with the user's turn.
-def as_messages(prompt):
-    return [dict(role='user', content=prompt)] if isinstance(prompt, str) else prompt
-
-
 def render_chat(enc, messages):
     """(tokens, trained): the conversation's token ids, and for each whether SFT's loss counts it:
     the assistant's words and its <|end|>, never the user's turn or the <|assistant|> cue."""
@@ -250,7 +246,8 @@ def render_chat(enc, messages):
 
 def prompt_tokens(enc, prompt):
     """The tokens that ask the model for the assistant's next turn."""
-    return render_chat(enc, as_messages(prompt))[0] + [enc.encode_single_token('<|assistant|>')]
+    messages = [dict(role='user', content=prompt)] if isinstance(prompt, str) else prompt
+    return render_chat(enc, messages)[0] + [enc.encode_single_token('<|assistant|>')]
 
 
 def parse_chat(enc, tokens):
