@@ -5,7 +5,7 @@ reward model scores them, the best becomes a <prompt, answer> demonstration, and
 fine-tuned on those with the SFT loss (sft.py's loop). Reads out/sft and out/reward, writes
 out/bestofk/ckpt.pt. Optionally again: sample from the fine-tuned model, fine-tune again (rounds).
 
-  python bestofk.py                       # K = 4
+  python bestofk.py                       # K = 8
   python bestofk.py --k=16 --rounds=2     # two rounds of expert iteration
   python bestofk.py --min_score=0.5       # keep only best answers the RM scores at least 0.5
 
@@ -31,10 +31,10 @@ init_from = 'out/sft'
 reward_model = 'out/reward'
 out_dir = 'out/bestofk'
 n_prompts = 1024              # the world's 'rl' prompts answered K times each round
-k = 4                         # answers per prompt: the best of them is kept
+k = 8                         # answers per prompt: the best of them is kept
 min_score = float('-inf')     # keep a best answer only if the RM scores it at least this
 rounds = 1                    # rounds of sample -> select -> fine-tune
-n_eval = 200                  # held-out prompts
+n_eval = 400                  # held-out prompts
 eval_k = 16                   # inference-time best-of-K for K = 1, 2, 4, ... up to this
 max_new_tokens = 128
 temperature = 1.0

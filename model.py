@@ -163,7 +163,7 @@ class GPT(nn.Module):
         cache = [[] for _ in self.blocks]
         out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
         lengths = torch.full((B,), max_new_tokens, device=device)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
+        rows = torch.arange(B, device=device)  # the rows still writing; finished ones leave the batch
         for t in range(max_new_tokens):
             logits = self(idx, n_pad=n_pad, cache=cache)[0][:, -1].float()
             if temperature == 0:
@@ -174,28 +174,36 @@ class GPT(nn.Module):
                     kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float('-inf'))
                 idx = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-            out[:, t] = idx[:, 0]
+            out[rows, t] = idx[:, 0]
             if stop_token is not None:
-                stopped = ~done & (idx[:, 0] == stop_token)
-                lengths[stopped] = t + 1
-                done |= stopped
-                if t % 8 == 7 and done.all():  # checking every step would sync the GPU every token
-                    break
+                stopped = (idx[:, 0] == stop_token) & (lengths[rows] == max_new_tokens)  # (first stop only)
+                lengths[rows[stopped]] = t + 1
+                if t % 8 == 7:  # every 8 steps (each check syncs a GPU): drop the finished rows
+                    going = lengths[rows] == max_new_tokens
+                    if not going.all():
+                        rows, idx, n_pad = rows[going], idx[going], n_pad[going]
+                        for layer in cache:
+                            layer[:] = [layer[0][going], layer[1][going]]
+                        if len(rows) == 0:
+                            break
         return out, lengths
 
 
 @torch.no_grad()
-def sample_answers(model, enc, prompts, max_new_tokens, temperature=1.0, batch_size=64, progress=None):
+def sample_answers(model, enc, prompts, max_new_tokens, temperature=1.0, batch_size=256, progress=None):
     """Answers to prompts (strings or message lists), batch by batch with the KV cache: a list of
-    token lists, each ending with <|end|> unless it ran out of max_new_tokens. progress: a tqdm
-    description, or None for no bar."""
+    token lists, each ending with <|end|> unless it ran out of max_new_tokens. Prompts of similar
+    length share a batch (less padding). progress: a tqdm description, or None for no bar."""
     model = raw_model(model)
-    end, answers = enc.encode_single_token('<|end|>'), []
+    end, answers = enc.encode_single_token('<|end|>'), [None] * len(prompts)
+    tokens = [prompt_tokens(enc, p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(tokens[i]))
     for i in tqdm(range(0, len(prompts), batch_size), desc=progress, disable=progress is None, leave=False):
-        batch = [prompt_tokens(enc, p) for p in prompts[i:i + batch_size]]
-        room = min(max_new_tokens, model.config.block_size - max(len(p) for p in batch))
-        tokens, lengths = model.generate(batch, room, temperature=temperature, stop_token=end)
-        answers += [row[:n] for row, n in zip(tokens.tolist(), lengths.tolist())]
+        rows = order[i:i + batch_size]
+        room = min(max_new_tokens, model.config.block_size - max(len(tokens[j]) for j in rows))
+        out, lengths = model.generate([tokens[j] for j in rows], room, temperature=temperature, stop_token=end)
+        for j, row, n in zip(rows, out.tolist(), lengths.tolist()):
+            answers[j] = row[:n]
     return answers
 
 # ----------------------------------------------------------------------------- 2. the tokenizer

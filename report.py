@@ -32,7 +32,7 @@ from reward import answer_rewards
 out_dir = 'out'               # reads out_dir/<stage>/ckpt.pt, writes out_dir/report.md and out_dir/report_*.png
 stages = 'pretrain,sft,bestofk,rlhf,rlhf2'  # the rows, in this order (each only if its checkpoint exists)
 reward_model = ''             # the RM of the RM-score column; '': out_dir/reward (round 1)
-n_eval = 200                  # held-out prompts
+n_eval = 400                  # held-out prompts
 max_new_tokens = 128
 temperature = 1.0
 n_examples = 5                # prompts shown with each checkpoint's answer side by side

@@ -4,7 +4,7 @@ labeler ranks them, and the RM, a transformer with a scalar head on the answer's
 learns from every pair of each ranking. Reads out/sft, writes out/reward/ckpt.pt and the rankings
 it trained on (out/reward/rankings.jsonl).
 
-  python reward.py                                  # K=4 answers to 512 world prompts, ranked by the simulated labeler
+  python reward.py                                  # K=8 answers to 1536 world prompts, ranked by the simulated labeler
   python reward.py --policy=out/rlhf --init_from=out/reward --rankings=out/reward/rankings.jsonl --out_dir=out/reward2
                                                     # round 2: rank the PPO policy's answers, add the old rankings
   python reward.py --n_prompts=0 --rankings=out/data/hh_rlhf/rankings.jsonl   # your own rankings only
@@ -34,23 +34,24 @@ from tqdm import tqdm
 from data import tasks
 from model import (all_gather, answer_text, configure, load_checkpoint, load_tokenizer,
                    lr_at, make_optimizer, prompt_tokens, raw_model, read_jsonl, sample_answers, save_checkpoint, setup, teardown)
+from sft import batches
 
 # ----------------------------------------------------------------------------- config
 policy = 'out/sft'            # the model whose answers are ranked
 init_from = 'out/sft'         # the RM starts here: a policy (a new scalar head) or an earlier RM
 out_dir = 'out/reward'
 rankings = ''                 # comma-separated ranking JSONL files to train on as well (earlier rounds, your own)
-n_prompts = 1024              # the world's 'reward' prompts answered and ranked (0: the files above only)
-n_eval = 200                  # held-out prompts answered and ranked to evaluate the RM (0: none)
-k = 4                         # answers per prompt, 2 to 9: K-choose-2 pairs each
+n_prompts = 1536              # the world's 'reward' prompts answered and ranked (0: the files above only)
+n_eval = 400                  # held-out prompts answered and ranked to evaluate the RM (0: none)
+k = 8                         # answers per prompt, 2 to 9: K-choose-2 pairs each
 max_new_tokens = 128
 temperature = 1.0             # the policy's sampling temperature
 label_temperature = 0.05      # the labeler's noise: 0 ranks by the gold score exactly (ties at random)
 # optimization
 batch_size = 8                # prompts per step per process (each with all its answers)
-epochs = 3
-lr = 3e-4
-min_lr = 3e-5
+epochs = 2
+lr = 6e-4
+min_lr = 6e-5
 warmup_iters = 10
 weight_decay = 0.1
 grad_clip = 1.0
@@ -219,15 +220,16 @@ def main():
     seen = [row for row in eval_rows if not tasks.new_phrasing(row['prompt'])]
     new = [row for row in eval_rows if tasks.new_phrasing(row['prompt'])]
     before = evaluate(rm, enc, seen, autocast, dev) if seen else {}
-    n_batches = max(1, len(data) // batch_size)
-    iters = epochs * n_batches // world_size
+    lengths = [len(str(prompt)) + max(map(len, answers)) for prompt, answers in data]  # (in characters: close enough)
+    n_batches, epoch_batches = max(1, len(data) // batch_size), {}
+    iters = int(epochs * n_batches) // world_size
     bar = tqdm(range(iters), desc='reward model', disable=not master, dynamic_ncols=True)
     for it in bar:
-        number = it * world_size + rank_
-        if number % n_batches == 0 or it == 0:  # a new epoch: a new order
-            order = list(range(len(data)))
-            random.Random(seed + number // n_batches).shuffle(order)
-        batch = [data[i] for i in order[(number % n_batches) * batch_size:(number % n_batches + 1) * batch_size]]
+        number = it * world_size + rank_  # this rank's batch, counted over all ranks
+        epoch = number // n_batches
+        if epoch not in epoch_batches:  # a new epoch: a new order, prompts of similar length together
+            epoch_batches = {epoch: batches(lengths, batch_size, seed + epoch)}
+        batch = [data[i] for i in epoch_batches[epoch][number % n_batches]]
         for group in optimizer.param_groups:
             group['lr'] = lr_at(it, lr, min_lr, warmup_iters, iters)
         with autocast:

@@ -33,7 +33,7 @@ out_dir = 'out/sft'
 demos = 'out/data/world/sft.jsonl'  # comma-separated JSONL files of demonstrations
 data_dir = 'out/data/world'   # the world whose gold judge evaluates (its meta.json); your own text: no judge
 val_fraction = 0.05           # demonstrations held out for the validation loss
-n_eval = 200                  # held-out world prompts answered and judged before and after (0: none)
+n_eval = 400                  # held-out world prompts answered and judged before and after (0: none)
 max_new_tokens = 128          # answer length limit when sampling
 temperature = 1.0             # sampling temperature of the judged answers (1.0: the model's own distribution)
 # optimization
@@ -73,15 +73,16 @@ def tokenize(enc, conversations, block_size):
     return examples
 
 
-def batches(examples, batch_size, seed):
-    """One epoch of batches (lists of indices) bucketed by length: shuffle, sort each run of 32
-    batches by length, cut it into batches, shuffle the batches. Little padding, random order."""
+def batches(lengths, batch_size, seed):
+    """One epoch of batches (lists of indices) of examples of these lengths, bucketed by length:
+    shuffle, sort each run of 32 batches by length, cut it into batches, shuffle the batches.
+    Little padding, random order (reward.py uses it too)."""
     rng = random.Random(seed)
-    order = list(range(len(examples)))
+    order = list(range(len(lengths)))
     rng.shuffle(order)
     out = []
     for i in range(0, len(order), 32 * batch_size):
-        run = sorted(order[i:i + 32 * batch_size], key=lambda j: len(examples[j][0]))
+        run = sorted(order[i:i + 32 * batch_size], key=lambda j: lengths[j])
         out += [run[k:k + batch_size] for k in range(0, len(run), batch_size)]
     rng.shuffle(out)
     return out
@@ -113,7 +114,7 @@ def finetune(model, examples, iters, lr, batch_size, autocast, device, min_lr=0.
         number = it * world_size + rank  # this rank's batch, counted over all ranks
         epoch = number // n_batches
         if epoch not in epochs:
-            epochs = {epoch: batches(examples, batch_size, seed + epoch)}
+            epochs = {epoch: batches([len(x) for x, _ in examples], batch_size, seed + epoch)}
         x, y = collate(examples, epochs[epoch][number % n_batches], device)
         for group in optimizer.param_groups:
             group['lr'] = lr_at(it, lr, min_lr, warmup_iters, iters)
@@ -175,8 +176,9 @@ def main():
     if master:
         os.makedirs(out_dir, exist_ok=True)
         open(os.path.join(out_dir, 'metrics.jsonl'), 'w').close()
-        padded = sum(max(len(train_set[i][0]) for i in b) * len(b) for b in batches(train_set, batch_size, seed))
-        real = sum(len(x) for x, _ in train_set)
+        lengths = [len(x) for x, _ in train_set]
+        padded = sum(max(lengths[i] for i in b) * len(b) for b in batches(lengths, batch_size, seed))
+        real = sum(lengths)
         print(f'{len(train_set):,} train and {n_val:,} val conversations from {demos}; '
               f'{sum(t != -1 for _, y in train_set for t in y) / real:.0%} of the tokens are trained on; '
               f'bucketed batches pad {1 - real / padded:.1%}')

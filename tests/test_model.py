@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from model import GPT, GPTConfig, configure, load_checkpoint, lr_at, make_optimizer, save_checkpoint
+from model import GPT, GPTConfig, configure, load_checkpoint, lr_at, make_optimizer, sample_answers, save_checkpoint
 
 
 def tiny_model(**kw):
@@ -54,14 +54,23 @@ def test_kv_cache_generation_equals_full_recompute():
 def test_generate_stops_at_stop_token():
     model = tiny_model()
     prompts = [[5, 9, 3], [7, 1, 2, 8], [30, 31]]
-    tokens, _ = model.generate(prompts, 10, temperature=0)
-    stop = int(tokens[1, 3])  # make row 1's fourth new token the stop token
-    tokens2, lengths = model.generate(prompts, 10, temperature=0, stop_token=stop)
+    tokens, _ = model.generate(prompts, 20, temperature=0)
+    stop = int(tokens[1, 3])  # make row 1's fourth new token the stop token (finished rows leave the batch)
+    tokens2, lengths = model.generate(prompts, 20, temperature=0, stop_token=stop)
     for b in range(3):
         row = tokens[b].tolist()
-        expected = row.index(stop) + 1 if stop in row else 10
+        expected = row.index(stop) + 1 if stop in row else 20
         assert lengths[b] == expected
         assert tokens2[b, :expected].tolist() == row[:expected]
+
+
+def test_sample_answers_batched_by_length_keeps_the_prompt_order(enc):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=320, block_size=64, n_layer=2, n_head=2, n_embd=32)).double().eval()
+    prompts = ['Tell me a long story about Mira and Leo, please.', 'Hi?', 'Where does Leo live?', 'Who is Mira?',
+               [dict(role='user', content='Hi?'), dict(role='assistant', content='Hello.'), dict(role='user', content='And?')]]
+    together = sample_answers(model, enc, prompts, 12, temperature=0, batch_size=2)  # sorted by length, then batched
+    assert together == [sample_answers(model, enc, [p], 12, temperature=0)[0] for p in prompts]
 
 
 def test_sampling_with_top_k_stays_in_top_k():
