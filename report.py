@@ -7,8 +7,11 @@ out/report.md, and the pictures out/report_*.png when matplotlib is installed.
   python report.py --n_eval=50 --stages=sft,rlhf   # fewer prompts, some stages
   torchrun --nproc_per_node=8 report.py            # each process answers a share of the prompts
 
-The main table has a row per checkpoint (the pretrained model is prompted with the chat template too): the
-gold judge's score (data/tasks.py) ± its standard error; the round-1 reward model's raw score of the answers
+Each checkpoint answers each prompt `samples` times: one sampled answer per prompt is too noisy to
+tell stages apart (a difference of 0.05 can come and go). The main table has a row per checkpoint (the
+pretrained model is prompted with the chat template too): the gold judge's score (data/tasks.py) ± its
+standard error over prompts; the gain over SFT, the mean over prompts of (this checkpoint's mean score
+- SFT's) ± its standard error (paired: the same prompts); the round-1 reward model's raw score of the answers
 that ended with <|end|>; KL to SFT, the mean of log pi(answer) - log pi_sft(answer) (<|end|> included), the
 sampled estimate of KL(pi || pi_sft) in nats per answer; the length in tokens; the win rate against SFT (per
 prompt 1 if the gold judge scores the answer above SFT's, 0.5 if equal, 0 if below); the stage's wall time
@@ -33,6 +36,7 @@ out_dir = 'out'               # reads out_dir/<stage>/ckpt.pt, writes out_dir/re
 stages = 'pretrain,sft,bestofk,rlhf,rlhf2'  # the rows, in this order (each only if its checkpoint exists)
 reward_model = ''             # the RM of the RM-score column; '': out_dir/reward (round 1)
 n_eval = 400                  # held-out prompts
+samples = 4                   # answers per prompt and checkpoint
 max_new_tokens = 128
 temperature = 1.0
 n_examples = 5                # prompts shown with each checkpoint's answer side by side
@@ -101,13 +105,24 @@ def table(header, rows):
            ['| ' + ' | '.join(map(str, row)) + ' |' for row in rows]
 
 
+def per_prompt(scores):
+    """The mean score of each prompt's `samples` answers (they come prompt after prompt)."""
+    return [sum(scores[i:i + samples]) / samples for i in range(0, len(scores), samples)]
+
+
+def mean_and_stderr(xs):
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / max(len(xs) - 1, 1) / len(xs))
+
+
 def stage_tables(results):
     """The main table, then the gold judge's criteria, one column per 'kind/criterion'."""
-    main = [(stage, f'{fmt(r["summary"]["gold"])} ± {fmt(r["summary"]["gold_stderr"])}', fmt(r['rm']), fmt(r['kl'], 2),
-             fmt(r['length'], 1), fmt(r['win']), duration(r['time'])) for stage, r in results.items()]
+    main = [(stage, '{:.3f} ± {:.3f}'.format(*r['gold']), '-' if r['gain'] is None else '{:+.3f} ± {:.3f}'.format(*r['gain']),
+             fmt(r['rm']), fmt(r['kl'], 2), fmt(r['length'], 1), fmt(r['win']), duration(r['time']))
+            for stage, r in results.items()]
     keys = sorted({k for r in results.values() for k in r['summary']['criteria']})
     per = [(stage, *(fmt(r['summary']['criteria'].get(k)) for k in keys)) for stage, r in results.items()]
-    return (table(['stage', 'gold ± se', 'RM score', 'KL to SFT', 'length', 'win vs SFT', 'time'], main)
+    return (table(['stage', 'gold ± se', 'gain over SFT', 'RM score', 'KL to SFT', 'length', 'win vs SFT', 'time'], main)
             + ['', '## Gold criteria by kind', ''] + table(['stage', *keys], per))
 
 
@@ -121,12 +136,13 @@ def rm_table(rms):
 
 
 def examples(results, prompts):
-    """The first prompt of each kind, then the next ones, up to n_examples, with each checkpoint's answer."""
+    """The first prompt of each kind, then the next ones, up to n_examples, with each checkpoint's first
+    answer (prompts: each held-out prompt `samples` times in a row)."""
     first = {}
-    for i, p in enumerate(prompts):
-        first.setdefault(tasks.parse(p)[0], i)
+    for i in range(0, len(prompts), samples):
+        first.setdefault(tasks.parse(prompts[i])[0], i)
     chosen = sorted(first.values())[:n_examples]
-    chosen += [i for i in range(len(prompts)) if i not in chosen][:n_examples - len(chosen)]
+    chosen += [i for i in range(0, len(prompts), samples) if i not in chosen][:n_examples - len(chosen)]
     lines = []
     for number, i in enumerate(chosen, 1):
         lines += ['', f'### {number}. {prompts[i]} ({tasks.parse(prompts[i])[0]})', '']
@@ -209,7 +225,8 @@ def write_report(results, prompts):
     best_of_k = read_metrics('bestofk').get('best_of_k', [])
     logs = {stage: read_log(stage) for stage in ('pretrain', 'rlhf', 'rlhf2', 'rlhf_beta0')}
     lines = ['# Report: every stage on the same held-out prompts', '',
-             f"{len(prompts)} held-out prompts (the world's eval set), answers sampled at temperature {temperature}, "
+             f"{len(prompts) // samples} held-out prompts (the world's eval set), {samples} answers to each sampled at "
+             f'temperature {temperature}, '
              f'at most {max_new_tokens} new tokens. RM score: {os.path.dirname(rm_path())} (raw). KL to SFT: '
              "sampled estimate of KL(pi || pi_sft), nats per answer. Win vs SFT: the gold judge prefers this "
              "answer to SFT's (ties count half).", '', '## Stages', '', *stage_tables(results)]
@@ -228,8 +245,8 @@ def write_report(results, prompts):
 
 def main():
     configure(globals())
-    if n_eval < 1:
-        sys.exit('error: n_eval must be at least 1')
+    if n_eval < 1 or samples < 1:
+        sys.exit('error: n_eval and samples must be at least 1')
     rank, _, dev, autocast = setup(device, dtype, seed)
     sft, sft_ckpt = load_checkpoint(os.path.join(out_dir, 'sft', 'ckpt.pt'), 'python sft.py', dev, scalar_head=False)
     enc = load_tokenizer(sft_ckpt['tokenizer'])
@@ -239,7 +256,7 @@ def main():
     rm = load_checkpoint(rm_path(), 'python reward.py', dev, scalar_head=True)[0] if os.path.exists(rm_path()) else None
     times_path = Path(out_dir, 'stage_times.json')  # {stage: seconds}
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
-    prompts = tasks.prompt_set(world, 'eval', n_eval)
+    prompts = [p for p in tasks.prompt_set(world, 'eval', n_eval) for _ in range(samples)]
     results = {}
     for stage in filter(None, stages.split(',')):
         path = os.path.join(out_dir, stage, 'ckpt.pt')
@@ -250,12 +267,15 @@ def main():
         torch.manual_seed(seed + rank)  # the same draws for a checkpoint whatever was evaluated before it
         r = results[stage] = evaluate(model, sft, rm, enc, world, prompts, autocast, dev, f'{stage}: answering')
         r['time'] = times.get(stage, ckpt.get('train_time'))
+        r['gold'] = mean_and_stderr(per_prompt(r['summary']['scores']))
         if rank == 0:
-            print(f'{stage:8s} gold {r["summary"]["gold"]:.3f} ± {r["summary"]["gold_stderr"]:.3f}, '
+            print(f'{stage:8s} gold {r["gold"][0]:.3f} ± {r["gold"][1]:.3f}, '
                   f'RM score {fmt(r["rm"])}, KL to SFT {fmt(r["kl"], 2)}, length {r["length"]:.1f}')
         del model, ckpt
     sft_scores = results['sft']['summary']['scores'] if 'sft' in results else None
-    for r in results.values():  # the win rate against SFT by the gold judge
+    for r in results.values():  # the gain over SFT (paired by prompt) and the win rate against SFT by the gold judge
+        r['gain'] = None if sft_scores is None else mean_and_stderr(
+            [a - b for a, b in zip(per_prompt(r['summary']['scores']), per_prompt(sft_scores))])
         r['win'] = None if sft_scores is None else mean([1.0 if a > b else 0.5 if a == b else 0.0
                                                          for a, b in zip(r['summary']['scores'], sft_scores)])
     if rank == 0:

@@ -66,6 +66,12 @@ def test_report_on_the_tiny_chain(out):
         assert row['RM score'] == '-' or finite(row['RM score'])
     by_stage = {row['stage']: row for row in rows}
     assert by_stage['sft']['KL to SFT'] == '0.00' and by_stage['sft']['win vs SFT'] == '0.500'
+    assert by_stage['sft']['gain over SFT'] == '+0.000 ± 0.000'
+    sft_gold = float(by_stage['sft']['gold ± se'].split(' ± ')[0])
+    for row in rows:  # the mean of the paired differences is the difference of the means (up to the rounding)
+        gain, stderr = map(float, row['gain over SFT'].split(' ± '))
+        assert abs(gain - (float(row['gold ± se'].split(' ± ')[0]) - sft_gold)) <= 0.0011 and stderr >= 0
+    assert f'8 held-out prompts (the world\'s eval set), {report.samples} answers to each' in text
     assert by_stage['sft']['time'] == '12 s' and by_stage['pretrain']['time'] == '-'  # stage_times.json, then train_time
     assert by_stage['bestofk']['time'] != '-' and by_stage['rlhf']['time'] != '-'
     assert any(finite(row['RM score']) for row in rows)
@@ -108,3 +114,10 @@ def test_pictures_of_every_kind(tmp_path, monkeypatch):
     names = ['pretrain', 'ppo', 'overoptimisation', 'rm']
     assert [line.split('(')[-1] for line in lines] == [f'report_{name}.png)' for name in names]
     assert all((tmp_path / f'report_{name}.png').stat().st_size > 1000 for name in names)
+
+
+def test_scores_are_averaged_per_prompt_before_the_standard_error(monkeypatch):
+    monkeypatch.setattr(report, 'samples', 4)
+    assert report.per_prompt([1, 0, 0, 0, 1, 1, 1, 1]) == [0.25, 1.0]
+    m, se = report.mean_and_stderr([0.25, 1.0])
+    assert m == 0.625 and se == pytest.approx(0.375)  # sd of two values 0.75/sqrt(2), over sqrt(2)
