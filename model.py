@@ -176,8 +176,8 @@ class GPT(nn.Module):
                 idx = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
             out[rows, t] = idx[:, 0]
             if stop_token is not None:
-                stopped = (idx[:, 0] == stop_token) & (lengths[rows] == max_new_tokens)  # (first stop only)
-                lengths[rows[stopped]] = t + 1
+                so_far = lengths[rows]  # (a row's first stop only; where(), not a mask: no GPU sync per token)
+                lengths[rows] = torch.where((idx[:, 0] == stop_token) & (so_far == max_new_tokens), t + 1, so_far)
                 if t % 8 == 7:  # every 8 steps (each check syncs a GPU): drop the finished rows
                     going = lengths[rows] == max_new_tokens
                     if not going.all():
