@@ -214,15 +214,8 @@ SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s
 SPECIAL_TOKENS = ['<|endoftext|>', '<|user|>', '<|assistant|>', '<|end|>']
 
 
-def save_bpe(path, ranks):
-    """tiktoken's ranks format: one 'base64(token bytes) rank' per line."""
-    with open(path + '.tmp', 'w') as f:
-        f.writelines(f'{base64.b64encode(token).decode()} {rank}\n' for token, rank in ranks.items())
-    os.replace(path + '.tmp', path)
-
-
 def load_tokenizer(name):
-    """'gpt2' (tiktoken's, downloaded once) or the path of a ranks file written by data/bpe.py.
+    """'gpt2' (tiktoken's, downloaded once) or the path of a ranks file (data/bpe.py's save_bpe).
     The special tokens get the ids right after the ranks."""
     if name == 'gpt2':
         base = tiktoken.get_encoding('gpt2')
@@ -256,18 +249,6 @@ def prompt_tokens(enc, prompt):
     """The tokens that ask the model for the assistant's next turn."""
     messages = [dict(role='user', content=prompt)] if isinstance(prompt, str) else prompt
     return render_chat(enc, messages)[0] + [enc.encode_single_token('<|assistant|>')]
-
-
-def parse_chat(enc, tokens):
-    """The inverse of render_chat: token ids back to the list of messages."""
-    roles = {enc.encode_single_token(f'<|{r}|>'): r for r in ('user', 'assistant')}
-    messages = []
-    for t in tokens:
-        if t in roles:
-            messages.append(dict(role=roles[t], content=[]))
-        elif messages and t < enc.n_vocab - len(SPECIAL_TOKENS):  # (the special ids come last)
-            messages[-1]['content'].append(t)
-    return [dict(role=m['role'], content=enc.decode(m['content'])) for m in messages]
 
 
 def answer_text(enc, tokens):
@@ -407,7 +388,6 @@ def read_jsonl(paths, check, expected):
                     sys.exit(f'error: {path}:{number}: {problem}')
                 rows.append(row)
     return rows
-
 
 
 def raw_model(model):

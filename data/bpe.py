@@ -7,6 +7,8 @@ Text is first split with GPT-2's pattern (words with their leading space, number
 merges never cross those pieces. Then, repeatedly, the most frequent adjacent pair of tokens is
 merged into a new token. Ties go to the smallest pair of ids, so training is deterministic.
 """
+import base64
+import os
 from collections import Counter, defaultdict
 
 import regex
@@ -58,3 +60,10 @@ def train_bpe(text, vocab_size, pattern, progress=True):
                 where[pair].add(i)
     bar.close()
     return {token: rank for rank, token in enumerate(token_bytes)}
+
+
+def save_bpe(path, ranks):
+    """tiktoken's ranks format, which model.load_tokenizer reads: one 'base64(token bytes) rank' per line."""
+    with open(path + '.tmp', 'w') as f:
+        f.writelines(f'{base64.b64encode(token).decode()} {rank}\n' for token, rank in ranks.items())
+    os.replace(path + '.tmp', path)

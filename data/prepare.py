@@ -73,7 +73,7 @@ def main():
             sys.exit(f'error: vocab_size must be between 256 (the bytes) and {2**16 - len(model.SPECIAL_TOKENS)}')
         tok_path = os.path.join(out_dir, 'tokenizer.bpe')
         sample = '\n'.join(docs)[:bpe_train_chars]
-        model.save_bpe(tok_path, bpe.train_bpe(sample, vocab_size, model.SPLIT_PATTERN))
+        bpe.save_bpe(tok_path, bpe.train_bpe(sample, vocab_size, model.SPLIT_PATTERN))
     elif tokenizer == 'gpt2':
         tok_path = 'gpt2'
     else:

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from data import world
-from data.bpe import train_bpe
-from model import SPLIT_PATTERN, load_tokenizer, save_bpe
+from data.bpe import save_bpe, train_bpe
+from model import SPLIT_PATTERN, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_script(*args, check=True):

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from data import world
-from data.bpe import train_bpe
-from model import GPT, SPLIT_PATTERN, GPTConfig, save_bpe, save_checkpoint
+from data.bpe import save_bpe, train_bpe
+from model import GPT, SPLIT_PATTERN, GPTConfig, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,10 +6,22 @@ import torch
 
 import sft
 from conftest import run_script
-from model import GPT, GPTConfig, parse_chat, prompt_tokens, read_jsonl, render_chat
+from model import GPT, SPECIAL_TOKENS, GPTConfig, prompt_tokens, read_jsonl, render_chat
 
 CONVERSATION = [dict(role='user', content='Where does Mira live?'), dict(role='assistant', content='Mira lives in Sunvale.'),
                 dict(role='user', content='Und Tobin? ✓'), dict(role='assistant', content='Tobin lives in Redcliff.')]
+
+
+def parse_chat(enc, tokens):
+    """The inverse of render_chat: token ids back to the list of messages."""
+    roles = {enc.encode_single_token(f'<|{r}|>'): r for r in ('user', 'assistant')}
+    messages = []
+    for t in tokens:
+        if t in roles:
+            messages.append(dict(role=roles[t], content=[]))
+        elif messages and t < enc.n_vocab - len(SPECIAL_TOKENS):  # (the special ids come last)
+            messages[-1]['content'].append(t)
+    return [dict(role=m['role'], content=enc.decode(m['content'])) for m in messages]
 
 
 def test_template_renders_and_parses_back(enc):

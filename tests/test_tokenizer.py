@@ -4,8 +4,8 @@ import pytest
 import regex
 
 from data import world
-from data.bpe import train_bpe
-from model import SPECIAL_TOKENS, SPLIT_PATTERN, load_tokenizer, save_bpe
+from data.bpe import save_bpe, train_bpe
+from model import SPECIAL_TOKENS, SPLIT_PATTERN, load_tokenizer
 
 TEXT = ' '.join(world.corpus(world.make_world(0), 300, seed=0)) + ' Ünïcödé ✓ 12345 tabs\tand\nnew lines'
 
