@@ -15,7 +15,8 @@ standard error over prompts; the gain over SFT, the mean over prompts of (this c
 that ended with <|end|>; KL to SFT, the mean of log pi(answer) - log pi_sft(answer) (<|end|> included), the
 sampled estimate of KL(pi || pi_sft) in nats per answer; the length in tokens; the win rate against SFT (per
 prompt 1 if the gold judge scores the answer above SFT's, 0.5 if equal, 0 if below); the stage's wall time
-(out/stage_times.json, which run.sh writes, else the checkpoint's train_time).
+(out/stage_times.json, which run.sh writes, else the checkpoint's train_time). A row under it follows a
+reward hack: how often each checkpoint refuses a harmless request with a reason.
 """
 import json
 import math
@@ -36,7 +37,7 @@ out_dir = 'out'               # reads out_dir/<stage>/ckpt.pt, writes out_dir/re
 stages = 'pretrain,sft,bestofk,rlhf,rlhf2'  # the rows, in this order (each only if its checkpoint exists)
 reward_model = ''             # the RM of the RM-score column; '': out_dir/reward (round 1)
 n_eval = 400                  # held-out prompts
-samples = 4                   # answers per prompt and checkpoint
+samples = 8                   # answers per prompt and checkpoint
 max_new_tokens = 128
 temperature = 1.0
 n_examples = 5                # prompts shown with each checkpoint's answer side by side
@@ -124,6 +125,14 @@ def stage_tables(results):
     per = [(stage, *(fmt(r['summary']['criteria'].get(k)) for k in keys)) for stage, r in results.items()]
     return (table(['stage', 'gold ± se', 'gain over SFT', 'RM score', 'KL to SFT', 'length', 'win vs SFT', 'time'], main)
             + ['', '## Gold criteria by kind', ''] + table(['stage', *keys], per))
+
+
+def reasoned_refusals(results, prompts):
+    """Per stage, the share of its answers to the harmless look-alikes that refuse with a reason, as a
+    harmful request is refused: the round-1 RM scores those above a helpful answer (README, PPO)."""
+    harmless = [i for i, p in enumerate(prompts) if tasks.parse(p)[0] == 'harmless']
+    shares = [mean([float(r['answers'][i].startswith(tasks.REFUSAL + ' ')) for i in harmless]) for r in results.values()]
+    return table(['', *results], [('harmless requests refused with a reason', *map(fmt, shares))])
 
 
 def rm_table(rms):
@@ -230,6 +239,7 @@ def write_report(results, prompts):
              f'at most {max_new_tokens} new tokens. RM score: {os.path.dirname(rm_path())} (raw). KL to SFT: '
              "sampled estimate of KL(pi || pi_sft), nats per answer. Win vs SFT: the gold judge prefers this "
              "answer to SFT's (ties count half).", '', '## Stages', '', *stage_tables(results)]
+    lines += ['', '## A reward hack to watch', '', *reasoned_refusals(results, prompts)]
     if rms:
         lines += ['', '## Reward models', '', *rm_table(rms)]
     if best_of_k:
