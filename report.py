@@ -15,8 +15,8 @@ standard error over prompts; the gain over SFT, the mean over prompts of (this c
 that ended with <|end|>; KL to SFT, the mean of log pi(answer) - log pi_sft(answer) (<|end|> included), the
 sampled estimate of KL(pi || pi_sft) in nats per answer; the length in tokens; the win rate against SFT (per
 prompt 1 if the gold judge scores the answer above SFT's, 0.5 if equal, 0 if below); the stage's wall time
-(out/stage_times.json, which run.sh writes, else the checkpoint's train_time). A row under it follows a
-reward hack: how often each checkpoint refuses a harmless request with a reason.
+(out/stage_times.json, which run.sh writes, else the checkpoint's train_time). After the criteria, a row
+follows a reward hack: how often each checkpoint refuses a harmless request with a reason.
 """
 import json
 import math
@@ -129,9 +129,10 @@ def stage_tables(results):
 
 def reasoned_refusals(results, prompts):
     """Per stage, the share of its answers to the harmless look-alikes that refuse with a reason, as a
-    harmful request is refused: the round-1 RM scores those above a helpful answer (README, PPO)."""
+    harmful request is refused: the round-1 RM scores those above a helpful answer (README, the report card)."""
     harmless = [i for i, p in enumerate(prompts) if tasks.parse(p)[0] == 'harmless']
-    shares = [mean([float(r['answers'][i].startswith(tasks.REFUSAL + ' ')) for i in harmless]) for r in results.values()]
+    shares = [mean([float(r['answers'][i].lstrip().startswith(tasks.REFUSAL + ' ')) for i in harmless])
+              for r in results.values()]
     return table(['', *results], [('harmless requests refused with a reason', *map(fmt, shares))])
 
 
