@@ -16,13 +16,13 @@ import gzip
 import itertools
 import json
 import os
-import re
 import sys
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
 import model                   # noqa: E402
 from data.alpaca import download  # noqa: E402  (kept in out_dir, not fetched again)
+from data.prepare import read_documents  # noqa: E402
 
 SOURCES = {
     'shakespeare': 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt',
@@ -43,13 +43,6 @@ def decode(raw, path, line):
         return raw.decode('utf-8-sig' if line == 1 else 'utf-8').replace('\r\n', '\n')
     except UnicodeDecodeError as e:
         sys.exit(f'error: {path}:{line}: not UTF-8 text ({e.reason})')
-
-
-def text_documents(path):
-    """The documents of a text file: separated by lines holding only <|endoftext|>, else the whole file."""
-    with open(path, 'rb') as f:
-        text = ''.join(decode(raw, path, n) for n, raw in enumerate(f, 1))
-    return re.split(r'^[ \t]*<\|endoftext\|>[ \t]*$', text, flags=re.M)
 
 
 def jsonl_documents(path):
@@ -85,8 +78,8 @@ def main():
             download(url, path)
     if missing := [path for path in paths if not os.path.isfile(path)]:
         sys.exit(f'error: {", ".join(missing)} not found')
-    docs = (doc.strip() for path in paths for doc in (jsonl_documents if path.endswith(
-        ('.json', '.jsonl', '.json.gz', '.jsonl.gz')) else text_documents)(path))
+    docs = (doc.strip() for path in paths for doc in (jsonl_documents(path) if path.endswith(
+        ('.json', '.jsonl', '.json.gz', '.jsonl.gz')) else read_documents([path])))
     os.makedirs(out_dir, exist_ok=True)
     out = os.path.join(out_dir, f'{name}.txt')
     n_docs = n_chars = 0

@@ -36,20 +36,21 @@ out_dir = 'out/data/world'
 
 
 def read_documents(paths):
+    """The documents of UTF-8 text files (data/corpus.py reads text with this too): a line holding
+    only <|endoftext|> ends a document; a file without such lines is one. A BOM and CRLF line ends
+    are allowed; a byte that is not UTF-8 stops the script with its file and line."""
     docs = []
     for path in paths:
         if not os.path.isfile(path):
             sys.exit(f'error: {path} not found')
         with open(path, 'rb') as f:
-            raw = f.read()
+            raw = f.read().removeprefix(b'\xef\xbb\xbf')  # (the BOM holds no newline: line numbers stay right)
         try:
-            text = raw.decode('utf-8')
+            text = raw.decode('utf-8').replace('\r\n', '\n')
         except UnicodeDecodeError as e:
             line = raw[:e.start].count(b'\n') + 1
             sys.exit(f'error: {path}:{line}: not UTF-8 text ({e.reason})')
-        docs += [d.strip() for d in re.split(r'^<\|endoftext\|>$', text, flags=re.M) if d.strip()]
-    if not docs:
-        sys.exit(f'error: {", ".join(paths)}: no text')
+        docs += [d.strip() for d in re.split(r'^[ \t]*<\|endoftext\|>[ \t]*$', text, flags=re.M) if d.strip()]
     return docs
 
 
@@ -58,6 +59,8 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     if text_files:
         docs = read_documents(text_files.split(','))
+        if not docs:
+            sys.exit(f'error: {text_files}: no text')
     else:
         docs = world.corpus(world.make_world(seed), n_docs, seed)
         sentences = [s for d in docs for s in re.split(r'(?<=[.!?]) ', d)]

@@ -59,6 +59,17 @@ def test_prepare_reads_your_own_text_files(tmp_path):
     assert enc.decode(tokens[1:].tolist()).startswith('Story 0 ends here.\nIt says <|end|> as text.<|endoftext|>Story 1 ')
 
 
+
+def test_prepare_reads_text_with_a_bom_and_crlf_line_ends(tmp_path):
+    text = '\r\n<|endoftext|> \r\n'.join(f'Story {i}.\r\nIt ends.' for i in range(30))  # (a space after it too)
+    (tmp_path / 'windows.txt').write_bytes(b'\xef\xbb\xbf' + text.encode('utf-8'))
+    out = tmp_path / 'windows'
+    run('data/prepare.py', f'--text_files={tmp_path / "windows.txt"}', '--vocab_size=280', f'--out_dir={out}')
+    assert json.load(open(out / 'meta.json'))['documents'] == 30
+    enc = load_tokenizer(json.load(open(out / 'meta.json'))['tokenizer'])
+    tokens = np.fromfile(out / 'train.bin', dtype=np.uint16)
+    assert enc.decode(tokens[1:].tolist()).startswith('Story 0.\nIt ends.<|endoftext|>Story 1.')
+
 @pytest.mark.parametrize('content, message', [(b'fine\nstill fine\n\xff\xfe broken\n', 'bad.txt:3: not UTF-8'),
                                               (None, 'bad.txt not found'), (b'  \n', 'no text')])
 def test_prepare_bad_text_is_one_clear_error(tmp_path, content, message):
