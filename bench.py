@@ -1,22 +1,36 @@
 """
-Training throughput: tokens/s and MFU of model.py's GPT for a given config, side by side with a
+Speed, timed in alternating rounds on the same machine so that noise hits both sides.
+--mode=train: training tokens/s and MFU of model.py's GPT for a given config, side by side with a
 GPT-2-style model of the same width and depth (the block nanoGPT uses: LayerNorm, learned
-positions, GELU MLP), timed in alternating rounds on the same machine so that noise hits both.
+positions, GELU MLP).
+--mode=sample: sampling on a checkpoint as the stages do it (model.sample_answers on the world's RL
+prompts): answers/s, tokens/s, FLOP/s; then generate (KV cache) side by side with a nanoGPT-style
+generate that runs the whole context through the model for every new token.
+--compare=path/to/model.py: also time that version of model.py (e.g. a copy of the previous one).
 
-  python bench.py                                  # the classroom size on the CPU
+  python bench.py                                  # training, the classroom size (2.0M) on the CPU
+  python bench.py --n_layer=6 --n_head=6 --n_embd=384                      # training at 11.1M
   python bench.py --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --batch_size=16   # GPU
+  python bench.py --mode=sample --ckpt=out/sft --dtype=float32
 """
+import importlib.util
 import math
-import statistics
+import os
+import sys
 import time
+from dataclasses import asdict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, configure, flops_per_token, make_optimizer, peak_flops, setup
+from data import tasks
+from model import (GPT, GPTConfig, configure, flops_per_token, load_checkpoint, load_tokenizer, make_optimizer,
+                   peak_flops, prompt_tokens, sample_answers, setup)
 
 # -----------------------------------------------------------------------------
+mode = 'train'             # 'train' or 'sample'
+compare = ''               # the path of another model.py to time side by side ('': none)
 n_layer = 4
 n_head = 4
 n_embd = 192
@@ -29,6 +43,15 @@ device = 'auto'
 dtype = 'auto'
 compile = True             # CUDA only
 baseline = True            # also time the GPT-2-style model
+# sample mode
+ckpt = 'out/sft'           # a stage's directory (holding ckpt.pt)
+data_dir = 'out/data/world'
+n_prompts = 512            # the world's RL prompts, answered in batches as the stages do
+k = 1                      # answers per prompt (reward.py, bestofk.py and report.py ask 8)
+sample_batch_size = 256
+max_new_tokens = 128
+temperature = 1.0
+sample_rounds = 2
 # -----------------------------------------------------------------------------
 
 
@@ -69,50 +92,137 @@ class GPT2(nn.Module):
         return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
-def main():
-    configure(globals())
-    _, _, dev, autocast = setup(device, dtype)
+def other_model_py():
+    """The module at the path `compare` (another version of model.py), or None."""
+    if not compare:
+        return None
+    if not os.path.isfile(compare):
+        sys.exit(f'error: --compare={compare}: no such file')
+    spec = importlib.util.spec_from_file_location('model_compare', compare)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def alternate(runs, rounds, dev):
+    """Seconds of each run (a dict of functions): the fastest of alternating rounds (noise from
+    other processes only ever slows a round down)."""
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            if dev.startswith('cuda'):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            run()
+            if dev.startswith('cuda'):
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    return {name: min(t) for name, t in times.items()}
+
+
+def train(dev, autocast, peak):
     cfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
-    models = {'model.py GPT': GPT(cfg)} | ({'GPT-2 style': GPT2(cfg)} if baseline else {})
+    other = other_model_py()
+    models = ({'model.py GPT': GPT(cfg)} | ({'compare': other.GPT(other.GPTConfig(**asdict(cfg)))} if other else {})
+              | ({'GPT-2 style': GPT2(cfg)} if baseline else {}))
     x = torch.randint(vocab_size, (batch_size, block_size), device=dev)
     y = torch.randint(vocab_size, (batch_size, block_size), device=dev)
-    steps, times = {}, {name: [] for name in models}
+    steps = {}
     for name, model in models.items():
         model.to(dev).train()
         optimizer = make_optimizer(model, 1e-4, 0.1, dev)
         compiled = torch.compile(model) if compile and dev.startswith('cuda') else model
 
         def step(compiled=compiled, optimizer=optimizer):
-            with autocast:
-                loss = compiled(x, y)[1]
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        for _ in range(3):  # warm up (and compile)
-            step()
-        steps[name] = step
-    for _ in range(rounds):
-        for name, step in steps.items():
-            if dev.startswith('cuda'):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
             for _ in range(steps_per_round):
-                step()
-            if dev.startswith('cuda'):
-                torch.cuda.synchronize()
-            times[name].append((time.perf_counter() - t0) / steps_per_round)
-    bf16 = isinstance(autocast, torch.autocast)
-    peak = peak_flops(dev, bf16)
-    print(f'{dev} ({"bf16 autocast" if bf16 else "fp32"}), {torch.get_num_threads()} threads, batch {batch_size} x {block_size}, '
-          f'peak {peak / 1e12:.2f} TFLOP/s assumed')
+                with autocast:
+                    loss = compiled(x, y)[1]
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        step()  # warm up (and compile)
+        steps[name] = step
+    seconds = alternate(steps, rounds, dev)
+    print(f'batch {batch_size} x {block_size}, {rounds} rounds of {steps_per_round} steps')
     tok_s = {}
     for name, model in models.items():
-        tok_s[name] = batch_size * block_size / statistics.median(times[name])
+        tok_s[name] = steps_per_round * batch_size * block_size / seconds[name]
         flops = flops_per_token(model) * tok_s[name]
         print(f'{name:14s} {model.num_params() / 1e6:7.2f}M params  {tok_s[name]:>10,.0f} tokens/s  '
               f'{flops / 1e12:7.3f} TFLOP/s  MFU {100 * flops / peak:5.1f}%' + ('' if math.isfinite(peak) else ' (unknown peak)'))
-    if baseline:
-        print(f'ratio model.py / GPT-2 style: {tok_s["model.py GPT"] / tok_s["GPT-2 style"]:.2f}')
+    for name in tok_s:
+        if name != 'model.py GPT':
+            print(f'ratio model.py / {name}: {tok_s["model.py GPT"] / tok_s[name]:.2f}')
+
+
+@torch.no_grad()
+def generate_recompute(model, prompts, new_tokens):
+    """nanoGPT's generate: the whole (left-padded) context through the model for every new token."""
+    longest = max(len(p) for p in prompts)
+    device = next(model.parameters()).device
+    n_pad = torch.tensor([longest - len(p) for p in prompts], device=device)
+    idx = torch.tensor([[0] * (longest - len(p)) + p for p in prompts], device=device)
+    for _ in range(new_tokens):
+        logits = model(idx, n_pad=n_pad)[0][:, -1].float() / temperature
+        idx = torch.cat([idx, torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)], dim=1)
+    return idx[:, longest:]
+
+
+def sample(dev, autocast, peak):
+    model, meta = load_checkpoint(os.path.join(ckpt, 'ckpt.pt'), 'the stage that writes it', dev, scalar_head=False)
+    enc = load_tokenizer(meta['tokenizer'])
+    prompts = [p for p in tasks.prompt_set(tasks.load_world(data_dir), 'rl', n_prompts) for _ in range(k)]
+    other = other_model_py()
+    models = {'model.py': model.eval()}
+    if other:
+        models['compare'] = other.GPT(other.GPTConfig(**asdict(model.config))).to(dev).eval()
+        models['compare'].load_state_dict(model.state_dict())
+    cfg, params = model.config, model.num_params()
+    answers, runs = {name: [] for name in models}, {}
+    for name, m in models.items():  # sample_answers as the stages call it
+        def run(m=m, answers=answers[name], sample_answers=other.sample_answers if name == 'compare' else sample_answers):
+            with autocast:
+                answers += sample_answers(m, enc, prompts, max_new_tokens, temperature, sample_batch_size)
+        runs[name] = run
+    seconds, tok_s = alternate(runs, sample_rounds, dev), {}
+    for name in models:
+        lengths = [(len(prompt_tokens(enc, p)), len(a)) for p, a in zip(prompts * sample_rounds, answers[name])]
+        tokens = sum(n for _, n in lengths) / sample_rounds
+        tok_s[name] = tokens / seconds[name]
+        # forward FLOPs per answer of T = prompt + answer tokens: 2 N T for the matmuls, 2 L d T^2 for attention
+        flops = sum(2 * params * (P + n) + 2 * cfg.n_layer * cfg.n_embd * (P + n) ** 2 for P, n in lengths) / sample_rounds
+        print(f'sample_answers {name:9s} {len(prompts) / seconds[name]:7.1f} answers/s  {tokens / seconds[name]:8,.0f} '
+              f'answer tokens/s  {flops / seconds[name] / 1e9:7.2f} GFLOP/s ({100 * flops / seconds[name] / peak:.1f}% '
+              f'of peak)  {tokens / len(prompts):.0f} tokens/answer')
+    if other:
+        print(f'sample_answers tokens/s, model.py / compare: {tok_s["model.py"] / tok_s["compare"]:.2f}x '
+              f'({n_prompts} prompts x {k} answers in batches of {sample_batch_size}, {sample_rounds} rounds)')
+    few = [prompt_tokens(enc, p) for p in prompts[:16]]
+    for new_tokens in (64, 128):  # without a stop token: every row writes new_tokens
+        runs = {'generate': lambda: model.generate(few, new_tokens, temperature),
+                'recompute': lambda: generate_recompute(model, few, new_tokens)}
+        if other:
+            runs['compare'] = lambda: models['compare'].generate(few, new_tokens, temperature)
+        with autocast:
+            seconds = alternate(runs, sample_rounds, dev)
+        print(f'16 prompts x {new_tokens} new tokens: ' + ', '.join(f'{name} {16 * new_tokens / s:,.0f} tokens/s'
+              for name, s in seconds.items()) + f'; generate / recompute {seconds["recompute"] / seconds["generate"]:.1f}x'
+              + (f', generate / compare {seconds["compare"] / seconds["generate"]:.2f}x' if other else ''))
+
+
+def main():
+    configure(globals())
+    _, _, dev, autocast = setup(device, dtype)
+    bf16 = isinstance(autocast, torch.autocast)
+    peak = peak_flops(dev, bf16)
+    print(f'{dev} ({"bf16 autocast" if bf16 else "fp32"}), {torch.get_num_threads()} threads, '
+          f'peak {peak / 1e12:.2f} TFLOP/s assumed')
+    if mode == 'train':
+        train(dev, autocast, peak)
+    elif mode == 'sample':
+        sample(dev, autocast, peak)
+    else:
+        sys.exit(f"error: mode must be 'train' or 'sample', not {mode!r}")
 
 
 if __name__ == '__main__':

@@ -134,7 +134,7 @@ def main():
                  seed + r, compile, desc=f'round {r + 1}: fine-tuning')
     if master:
         save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), model, config=config, tokenizer=ckpt['tokenizer'],
-                        stage='bestofk', data_dir=data_dir)
+                        stage='bestofk', data_dir=data_dir, answers_sampled=rounds * n_prompts * k)
 
     # evaluation on the held-out prompts: the fine-tuned model, and best-of-K sampling from the SFT model
     eval_prompts = tasks.prompt_set(world, 'eval', n_eval)[rank::world_size]
@@ -168,7 +168,8 @@ def main():
             print(f'  {n:4d}  {row["gold"]:.3f}  {row["gold_stderr"]:.3f}  {row["rm_score"]:+.3f}    {row["kl_bound"]:.2f}')
             n *= 2
         save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), model, config=config, tokenizer=ckpt['tokenizer'],
-                        stage='bestofk', data_dir=data_dir, metrics=metrics, train_time=time.time() - t0)
+                        stage='bestofk', data_dir=data_dir, answers_sampled=rounds * n_prompts * k, metrics=metrics,
+                        train_time=time.time() - t0)
         print(f'checkpoint {out_dir}/ckpt.pt ({time.time() - t0:.0f} s)')
     if dist.is_initialized():
         dist.barrier()

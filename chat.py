@@ -6,14 +6,15 @@ Talk to a checkpoint of any stage: a multi-turn chat in the terminal, sampled wi
   python chat.py --prompt="Where does Mira live?"   # one answer on stdout, then exit (for scripts)
 
 In the chat, /reset forgets the conversation and /quit (or Ctrl-D) ends it. When the conversation
-outgrows the model's block_size, its oldest turns are dropped. The speed of each answer goes to
-stderr, so that stdout holds only the answers.
+outgrows the model's block_size, its oldest turns are dropped. Each answer is printed token by
+token as it is sampled; its speed then goes to stderr, so that stdout holds only the answers.
 """
+import codecs
 import os
 import sys
 import time
 
-from model import answer_text, configure, load_checkpoint, load_tokenizer, prompt_tokens, setup
+from model import SPECIAL_TOKENS, configure, load_checkpoint, load_tokenizer, prompt_tokens, setup
 
 # ----------------------------------------------------------------------------- config
 ckpt = 'out/sft'          # a stage's directory (holding ckpt.pt) or the path of a .pt file
@@ -42,16 +43,32 @@ def fit(enc, messages, block_size):
     return messages if len(prompt_tokens(enc, messages)) < block_size else None
 
 
+def token_text(enc, utf8, token):
+    """The text a new token adds to the answer: '' for special tokens, and for the first bytes of a
+    character that the next tokens complete (utf8: an incremental UTF-8 decoder, one per answer)."""
+    if token >= enc.n_vocab - len(SPECIAL_TOKENS):
+        return ''
+    return utf8.decode(enc.decode_single_token_bytes(token))
+
+
 def reply(model, enc, messages, autocast):
-    """The assistant's next turn (its speed goes to stderr)."""
-    tokens = prompt_tokens(enc, messages)
+    """The assistant's next turn, printed on stdout as it is sampled; then its speed on stderr.
+    Returns its text."""
+    tokens, end = prompt_tokens(enc, messages), enc.encode_single_token('<|end|>')
     room = min(max_new_tokens, model.config.block_size - len(tokens))
+    utf8, pieces = codecs.getincrementaldecoder('utf-8')(errors='replace'), []
+
+    def show(rows, new):  # generate calls it after every step; the row ends at <|end|>, which is not text
+        pieces.append(token_text(enc, utf8, new[0].item()))
+        print(pieces[-1], end='', flush=True)
     start = time.perf_counter()
     with autocast:
-        out, lengths = model.generate([tokens], room, temperature, top_k or None, enc.encode_single_token('<|end|>'))
+        _, lengths = model.generate([tokens], room, temperature, top_k or None, end, on_token=show)
+    pieces.append(utf8.decode(b'', final=True))
+    print(pieces[-1], flush=True)
     n = lengths[0].item()
     print(f'({n} tokens, {n / (time.perf_counter() - start):.0f} tok/s)', file=sys.stderr, flush=True)
-    return answer_text(enc, out[0, :n].tolist())
+    return ''.join(pieces)
 
 
 def main():
@@ -59,13 +76,16 @@ def main():
     path = ckpt if ckpt.endswith('.pt') else os.path.join(ckpt, 'ckpt.pt')
     _, _, dev, autocast = setup(device, dtype, seed)
     model, meta = load_checkpoint(path, made_by(path), dev, scalar_head=False)
+    if meta['model_args'].get('scalar_head'):
+        sys.exit(f'error: {path} is a reward model: it scores answers, it does not write them; '
+                 'chat with a policy such as out/sft or out/rlhf')
     model.eval()
     enc, block_size = load_tokenizer(meta['tokenizer']), model.config.block_size
     if prompt:
         messages = fit(enc, [dict(role='user', content=prompt)], block_size)
         if messages is None:
             sys.exit(f'error: the prompt is longer than the model reads (block_size={block_size} tokens)')
-        print(reply(model, enc, messages, autocast))
+        reply(model, enc, messages, autocast)
         return
     print(f'{path} ({meta.get("stage", "?")} stage, {model.num_params():,} parameters). '
           '/reset forgets the conversation, /quit ends it.')
@@ -87,7 +107,6 @@ def main():
             told = True
             print('(the conversation no longer fits the model: dropping its oldest turns)')
         history = messages + [dict(role='assistant', content=reply(model, enc, messages, autocast))]
-        print(history[-1]['content'])
 
 
 if __name__ == '__main__':

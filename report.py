@@ -14,9 +14,12 @@ standard error over prompts; the gain over SFT, the mean over prompts of (this c
 - SFT's) ± its standard error (paired: the same prompts); the round-1 reward model's raw score of the answers
 that ended with <|end|>; KL to SFT, the mean of log pi(answer) - log pi_sft(answer) (<|end|> included), the
 sampled estimate of KL(pi || pi_sft) in nats per answer; the length in tokens; the win rate against SFT (per
-prompt 1 if the gold judge scores the answer above SFT's, 0.5 if equal, 0 if below); the stage's wall time
-(out/stage_times.json, which run.sh writes, else the checkpoint's train_time). After the criteria, a row
-follows a reward hack: how often each checkpoint refuses a harmless request with a reason.
+prompt 1 if the gold judge scores the answer above SFT's, 0.5 if equal, 0 if below); the answers the stage
+sampled itself to learn (the RM's ranked answers, which best-of-K, DPO and the RL methods all use, are not
+counted: they are the shared labels); the stage's wall time (out/stage_times.json, which run.sh writes, else
+the checkpoint's train_time). After the criteria, a row follows a reward hack: how often each checkpoint
+refuses a harmless request with a reason. The frontier picture draws gold against sqrt(KL to SFT) for every
+method, the shape Gao et al. 2022 fit: PPO and GRPO/RLOO over iterations, best-of-K over K, DPO over its epochs.
 """
 import json
 import math
@@ -34,7 +37,7 @@ from reward import answer_rewards
 
 # ----------------------------------------------------------------------------- config
 out_dir = 'out'               # reads out_dir/<stage>/ckpt.pt, writes out_dir/report.md and out_dir/report_*.png
-stages = 'pretrain,sft,bestofk,rlhf,rlhf2'  # the rows, in this order (each only if its checkpoint exists)
+stages = 'pretrain,sft,bestofk,dpo,rlhf,grpo,rloo,rlhf2'  # the rows, in this order (each only if its checkpoint exists)
 reward_model = ''             # the RM of the RM-score column; '': out_dir/reward (round 1)
 n_eval = 400                  # held-out prompts
 samples = 8                   # answers per prompt and checkpoint
@@ -46,6 +49,11 @@ device = 'auto'
 dtype = 'auto'
 seed = 1337
 # -----------------------------------------------------------------------------
+
+
+MADE_BY = dict(pretrain='python pretrain.py', sft='python sft.py', bestofk='python bestofk.py', dpo='python dpo.py',
+               rlhf='python rlhf.py', grpo='python rlhf.py --advantage=grpo --out_dir=out/grpo',
+               rloo='python rlhf.py --advantage=rloo --out_dir=out/rloo', rlhf2='python rlhf.py --init_from=out/rlhf --reward_model=out/reward2 --out_dir=out/rlhf2')
 
 
 def mean(xs):
@@ -119,11 +127,13 @@ def mean_and_stderr(xs):
 def stage_tables(results):
     """The main table, then the gold judge's criteria, one column per 'kind/criterion'."""
     main = [(stage, '{:.3f} ± {:.3f}'.format(*r['gold']), '-' if r['gain'] is None else '{:+.3f} ± {:.3f}'.format(*r['gain']),
-             fmt(r['rm']), fmt(r['kl'], 2), fmt(r['length'], 1), fmt(r['win']), duration(r['time']))
+             fmt(r['rm']), fmt(r['kl'], 2), fmt(r['length'], 1), fmt(r['win']),
+             '-' if r['sampled'] is None else f'{r["sampled"]:,}', duration(r['time']))
             for stage, r in results.items()]
     keys = sorted({k for r in results.values() for k in r['summary']['criteria']})
     per = [(stage, *(fmt(r['summary']['criteria'].get(k)) for k in keys)) for stage, r in results.items()]
-    return (table(['stage', 'gold ± se', 'gain over SFT', 'RM score', 'KL to SFT', 'length', 'win vs SFT', 'time'], main)
+    return (table(['stage', 'gold ± se', 'gain over SFT', 'RM score', 'KL to SFT', 'length', 'win vs SFT',
+                   'answers sampled', 'time'], main)
             + ['', '## Gold criteria by kind', ''] + table(['stage', *keys], per))
 
 
@@ -201,21 +211,24 @@ def pictures(logs, rms, best_of_k, results):
             ax.set(xlabel='PPO iteration', title=title)
         axes[0].legend()
         save(fig, 'ppo', 'PPO per iteration')
-    if logs.get('rlhf') or best_of_k:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for stage, label in (('rlhf', 'PPO'), ('rlhf_beta0', 'PPO, beta=0')):
-            held = [r for r in logs.get(stage, []) if r.get('kind') == 'eval']
-            if held:
-                ax.plot([math.sqrt(max(r['kl'], 0)) for r in held], [r['gold'] for r in held], 'o-', label=label)
+    curves = {label: [r for r in logs.get(stage, []) if r.get('kind') == 'eval' and 'kl' in r]
+              for stage, label in (('rlhf', 'PPO'), ('grpo', 'GRPO'), ('rloo', 'RLOO'), ('dpo', 'DPO'),
+                                   ('rlhf_beta0', 'PPO, beta=0'))}
+    if any(curves.values()) or best_of_k:  # the frontier: gold against sqrt(KL), each method as it trains
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for label, rows in curves.items():
+            if rows:
+                ax.plot([math.sqrt(max(r['kl'], 0)) for r in rows], [r['gold'] for r in rows], 'o-', alpha=0.6,
+                        label=f'{label} (held-out log)')
         if best_of_k:
             ax.plot([math.sqrt(r['kl_bound']) for r in best_of_k], [r['gold'] for r in best_of_k], 's--',
-                    label='best-of-K (inference)')
-        if results.get('bestofk', {}).get('kl') is not None:
-            ax.plot(math.sqrt(max(results['bestofk']['kl'], 0)), results['bestofk']['summary']['gold'], '*',
-                    markersize=14, label='best-of-K fine-tuned')
-        ax.set(xlabel='sqrt(KL to SFT)', ylabel='gold score', title='over-optimisation')
-        ax.legend()
-        save(fig, 'overoptimisation', 'gold score against sqrt(KL)')
+                    label='best-of-K sampling, K = 1, 2, 4, ...')
+        for stage, r in results.items():  # the report card's own measurement of each checkpoint
+            if stage not in ('pretrain', 'sft') and r.get('kl') is not None:
+                ax.plot(math.sqrt(max(r['kl'], 0)), r['summary']['gold'], '*', markersize=13, label=f'{stage} (report card)')
+        ax.set(xlabel='sqrt(KL to SFT), nats per answer', ylabel='gold score', title='gold against KL spent')
+        ax.legend(fontsize='small')
+        save(fig, 'frontier', 'gold score against sqrt(KL) per method')
     if rms:
         fig, ax = plt.subplots(figsize=(6, 4))
         x = range(len(rms))
@@ -233,7 +246,7 @@ def pictures(logs, rms, best_of_k, results):
 def write_report(results, prompts):
     rms = {name: m for name in ('reward', 'reward2') if (m := read_metrics(name))}
     best_of_k = read_metrics('bestofk').get('best_of_k', [])
-    logs = {stage: read_log(stage) for stage in ('pretrain', 'rlhf', 'rlhf2', 'rlhf_beta0')}
+    logs = {stage: read_log(stage) for stage in ('pretrain', 'rlhf', 'rlhf2', 'grpo', 'rloo', 'dpo', 'rlhf_beta0')}
     lines = ['# Report: every stage on the same held-out prompts', '',
              f"{len(prompts) // samples} held-out prompts (the world's eval set), {samples} answers to each sampled at "
              f'temperature {temperature}, '
@@ -273,11 +286,12 @@ def main():
         path = os.path.join(out_dir, stage, 'ckpt.pt')
         if not os.path.exists(path):
             continue
-        made_by = f'python {stage.rstrip("2")}.py'
+        made_by = MADE_BY.get(stage, 'the script that writes it')  # (named in the error if it is unreadable)
         model, ckpt = (sft, sft_ckpt) if stage == 'sft' else load_checkpoint(path, made_by, dev, scalar_head=False)
         torch.manual_seed(seed + rank)  # the same draws for a checkpoint whatever was evaluated before it
         r = results[stage] = evaluate(model, sft, rm, enc, world, prompts, autocast, dev, f'{stage}: answering')
         r['time'] = times.get(stage, ckpt.get('train_time'))
+        r['sampled'] = ckpt.get('answers_sampled', 0 if stage in ('pretrain', 'sft') else None)
         r['gold'] = mean_and_stderr(per_prompt(r['summary']['scores']))
         if rank == 0:
             print(f'{stage:8s} gold {r["gold"][0]:.3f} ± {r["gold"][1]:.3f}, '

@@ -4,21 +4,31 @@ prompts (the world's 'rl' set, never seen by stages 1-2); the policy, starting a
 answers them; the frozen reward model scores each whole answer; that score, minus a KL penalty on
 every token, is the reward, passed back token by token (each token a time step) by GAE; PPO
 updates the policy and a value model. Reads out/sft and out/reward, writes out/rlhf/ckpt.pt.
+With --advantage=grpo or rloo there is no value model: the policy answers each prompt group_size
+times and each answer's advantage is its reward against the others' (critic-free, see below).
 
   python rlhf.py                      # round 1
   python rlhf.py --beta=0             # no KL penalty: watch the RM score rise and the gold score fall
   python reward.py --policy=out/rlhf --init_from=out/reward --rankings=out/reward/rankings.jsonl --out_dir=out/reward2
   python rlhf.py --init_from=out/rlhf --reward_model=out/reward2 --out_dir=out/rlhf2   # round 2
+  python rlhf.py --advantage=rloo --out_dir=out/rloo   # critic-free: RLOO (or grpo), no value model
 
 The four models, all with dropout off (the GPT has none):
   policy      trained; starts from init_from
   value       trained; a scalar head on a transformer, started from the reward model (as in
               InstructGPT): it already reads <prompt, answer> and knows what scores well
+              (--advantage=gae only; grpo and rloo build none)
   reference   frozen SFT model: the KL penalty keeps the policy near it
   reward      frozen RM: its score at the answer's <|end|>, normalised to mean 0, std 1 over the
               SFT policy's first answers. An answer that never ends within max_new_tokens gets
               unfinished_reward instead (it has no <|end|> for the RM to score).
 The gold judge scores the answers for the log only: no loss reads it.
+
+Critic-free advantages (grpo, rloo) keep the KL to the reference where PPO has it: in the reward,
+-beta * (log pi - log pi_ref) summed over the answer's tokens and added to its score (InstructGPT's
+objective, eq. 2, as RLOO's paper uses it), not as GRPO's k3 estimator in the loss. So the three
+runs optimise the same objective with the same beta and differ only in the advantage estimator:
+their gold-against-KL curves compare like with like, and it costs no extra forward pass.
 """
 import copy
 import json
@@ -47,6 +57,8 @@ iters = 80                    # PPO iterations: a rollout batch, then ppo_epochs
 batch_size = 64               # rollouts per iteration per process
 minibatch_size = 16
 ppo_epochs = 2
+advantage = 'gae'             # 'gae': PPO with a value model; 'grpo' or 'rloo': critic-free, group_size answers per prompt
+group_size = 4                # grpo/rloo: each iteration answers batch_size / group_size prompts group_size times each
 max_new_tokens = 128
 temperature = 1.0             # sampling temperature; the log-probs divide the logits by it too
 lr = 5e-5                     # policy
@@ -104,6 +116,30 @@ def gae(rewards, values, mask, gamma, lam):
     return advantages, (advantages + values) * mask
 
 
+def grpo_advantages(rewards, group_size, eps=1e-6):
+    """GRPO's outcome advantage (Shao et al. 2024, section 4.1.2): each answer's reward minus its
+    group's mean, divided by the group's std (+eps: a group of equal rewards gets 0). rewards (B,):
+    groups of group_size consecutive answers to one prompt. The same advantage goes on every token."""
+    r = rewards.view(-1, group_size)
+    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)).view(-1)
+
+
+def rloo_advantages(rewards, group_size):
+    """RLOO's advantage (Ahmadian et al. 2024, section 3.3; Kool et al. 2019): each answer's reward minus
+    the mean reward of the other group_size - 1 answers to the same prompt (the leave-one-out baseline)."""
+    r = rewards.view(-1, group_size)
+    return (r - (r.sum(1, keepdim=True) - r) / (group_size - 1)).view(-1)
+
+
+def group_advantages(score, kl, order, beta):
+    """Critic-free advantages of a rollout's answers: the sequence reward score - beta * KL (the KL
+    summed over the answer), against the other answers to the same prompt (grpo or rloo). Rows are
+    sorted by answer length (row j answers prompt order[j]); the groups are consecutive prompts."""
+    reward = torch.empty_like(score)
+    reward[order] = score - beta * kl  # back in prompt order
+    return (grpo_advantages if advantage == 'grpo' else rloo_advantages)(reward, group_size)[order]
+
+
 def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
@@ -154,7 +190,8 @@ def rollout(policy, ref, value, score_fn, prompts, end, autocast):
         with autocast:
             logp[chunk, :Lc] = token_logprobs(raw_model(policy), i[:, :P + Lc], n, P)
             ref_logp[chunk, :Lc] = token_logprobs(ref, i[:, :P + Lc], n, P)
-            values[chunk, :Lc] = values_of(raw_model(value), i[:, :P + Lc], n, P).float()
+            if value is not None:  # (critic-free: no value model, values stay 0)
+                values[chunk, :Lc] = values_of(raw_model(value), i[:, :P + Lc], n, P).float()
             scores.append(score_fn(i, n, P + lengths[chunk] - 1).float())
     score = torch.where(ended, torch.cat(scores), torch.full_like(torch.cat(scores), unfinished_reward))
     return dict(batch, logp=logp * mask, ref_logp=ref_logp * mask, values=values * mask, score=score)
@@ -169,12 +206,17 @@ def minibatches(batch, shuffle):
 
 def ppo_update(policy, value, opt_policy, opt_value, batch, beta, autocast, ptx_batch=None):
     """ppo_epochs over the rollout batch in minibatches: the clipped policy loss (plus PPO-ptx) and
-    the clipped value loss, each model its own optimizer. Returns the statistics to log."""
+    the clipped value loss, each model its own optimizer (value None: critic-free advantages, no
+    value loss). Returns the statistics to log."""
     mask, P = batch['mask'], batch['P']
-    rewards = shaped_rewards(batch['score'], batch['logp'], batch['ref_logp'], mask, beta)
-    advantages, returns = gae(rewards, batch['values'], mask, gamma, lam)
-    advantages = whiten(advantages, mask)
-    stats = dict(policy_loss=[], value_loss=[], clip_frac=[], entropy=[])
+    if advantage == 'gae':
+        rewards = shaped_rewards(batch['score'], batch['logp'], batch['ref_logp'], mask, beta)
+        advantages, returns = gae(rewards, batch['values'], mask, gamma, lam)
+        advantages = whiten(advantages, mask)
+    else:  # critic-free: each answer's advantage on every one of its tokens
+        kl = ((batch['logp'] - batch['ref_logp']) * mask).sum(1)
+        advantages = group_advantages(batch['score'], kl, batch['order'], beta)[:, None] * mask
+    stats = dict(policy_loss=[], clip_frac=[], entropy=[], **(dict(value_loss=[]) if value is not None else {}))
     for epoch in range(ppo_epochs):
         for chunk in minibatches(batch, shuffle=epoch > 0):  # (the first epoch: the chunks of the rollout)
             Lc = int(batch['lengths'][chunk].max())
@@ -190,6 +232,10 @@ def ppo_update(policy, value, opt_policy, opt_value, batch, beta, autocast, ptx_
             torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
             opt_policy.step()
             opt_policy.zero_grad(set_to_none=True)
+            for key, x in (('policy_loss', loss), ('clip_frac', clip_frac), ('entropy', masked_mean(entropy, m))):
+                stats[key].append(x.detach())
+            if value is None:
+                continue
             with autocast:
                 v_loss = value_loss(values_of(value, idx, n_pad, P).float(), batch['values'][chunk, :Lc],
                                     returns[chunk, :Lc], m, value_clip)
@@ -197,21 +243,23 @@ def ppo_update(policy, value, opt_policy, opt_value, batch, beta, autocast, ptx_
             torch.nn.utils.clip_grad_norm_(value.parameters(), grad_clip)
             opt_value.step()
             opt_value.zero_grad(set_to_none=True)
-            for key, x in (('policy_loss', loss), ('value_loss', v_loss), ('clip_frac', clip_frac),
-                           ('entropy', masked_mean(entropy, m))):
-                stats[key].append(x.detach())
+            stats['value_loss'].append(v_loss.detach())
     return {key: all_mean(torch.stack(xs).mean()) for key, xs in stats.items()}
 
 
 def main():
     config = configure(globals())
+    if advantage not in ('gae', 'grpo', 'rloo'):
+        raise SystemExit(f"error: --advantage must be gae, grpo or rloo, got {advantage!r}")
+    if advantage != 'gae' and (group_size < 2 or batch_size % group_size):
+        raise SystemExit(f'error: --group_size must be at least 2 and divide --batch_size ({batch_size})')
     rank, world_size, dev, autocast = setup(device, dtype, seed)
     master = rank == 0
     policy, ckpt = load_checkpoint(os.path.join(init_from, 'ckpt.pt'), f'python {os.path.basename(init_from)}.py', dev,
                                    scalar_head=False)
     ref, _ = load_checkpoint(os.path.join(ref_from, 'ckpt.pt'), 'python sft.py', dev, scalar_head=False)
     rm, rm_ckpt = load_checkpoint(os.path.join(reward_model, 'ckpt.pt'), 'python reward.py', dev, scalar_head=True)
-    value = copy.deepcopy(rm)  # the value model starts as the reward model
+    value = copy.deepcopy(rm) if advantage == 'gae' else None  # the value model starts as the reward model
     for frozen in (ref, rm):
         frozen.eval().requires_grad_(False)
     enc = load_tokenizer(ckpt['tokenizer'])
@@ -229,11 +277,11 @@ def main():
         ptx_batch = lambda: get_batch(tokens, minibatch_size, policy.config.block_size,
                                       int(torch.randint(2**31, (1,))), dev)
     opt_policy = make_optimizer(policy, lr, 0.0, dev)
-    opt_value = make_optimizer(value, value_lr, 0.0, dev)
+    opt_value = make_optimizer(value, value_lr, 0.0, dev) if value is not None else None
     trained_policy, trained_value = policy, value
     if dist.is_initialized():
         trained_policy, trained_value = (DDP(m, device_ids=[torch.device(dev).index] if dev.startswith('cuda') else None)
-                                         for m in (policy, value))
+                                         if m is not None else None for m in (policy, value))
 
     # the RM's scores are normalised by their mean and std over the SFT policy's first rollouts
     norm = dict(mean=0.0, std=1.0)
@@ -273,10 +321,11 @@ def main():
         os.makedirs(out_dir, exist_ok=True)
         open(os.path.join(out_dir, 'metrics.jsonl'), 'w').close()
     t0, kl_coef = time.time(), beta
-    bar = tqdm(range(iters), desc='ppo', disable=not master, dynamic_ncols=True)
+    bar = tqdm(range(iters), desc='ppo' if advantage == 'gae' else f'ppo ({advantage})', disable=not master, dynamic_ncols=True)
     for it in bar:
-        start = it * batch_size % len(rl_prompts)
-        prompts = (rl_prompts * 2)[start:start + batch_size]
+        n = batch_size if advantage == 'gae' else batch_size // group_size  # critic-free: each prompt group_size times
+        start = it * n % len(rl_prompts)
+        prompts = [p for p in (rl_prompts * 2)[start:start + n] for _ in range(1 if advantage == 'gae' else group_size)]
         batch = rollout(policy, ref, value, score_fn, [prompt_tokens(enc, p) for p in prompts], end, autocast)
         if it == 0:  # fix the normalisation on the first rollouts (all ranks), then score them again
             raw = torch.tensor(all_gather(batch['score'][batch['ended']].tolist()))
@@ -299,12 +348,13 @@ def main():
         if (it + 1) % eval_interval == 0 or it + 1 == iters:
             if master:  # saved before the long evaluation
                 save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), policy, config=config, tokenizer=ckpt['tokenizer'],
-                                stage='rlhf', data_dir=data_dir, iter_num=it + 1, rm_norm=norm)
+                                stage='rlhf', data_dir=data_dir, iter_num=it + 1, rm_norm=norm,
+                                answers_sampled=(it + 1) * batch_size * world_size)
             last, summary = evaluate(it + 1)
     if master:
         save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), policy, config=config, tokenizer=ckpt['tokenizer'],
                         stage='rlhf', data_dir=data_dir, iter_num=iters, rm_norm=norm, metrics=last,
-                        train_time=time.time() - t0)
+                        answers_sampled=iters * batch_size * world_size, train_time=time.time() - t0)
         print(f'held-out gold score {first["gold"]:.3f} -> {last["gold"]:.3f} ({last["gold"] - first["gold"]:+.3f}), '
               f'RM score {first["rm_score"]:+.3f} -> {last["rm_score"]:+.3f}, KL to SFT {last["kl"]:.2f} nats per answer\n'
               + tasks.report(summary) + f'\ncheckpoint {out_dir}/ckpt.pt ({time.time() - t0:.0f} s)')

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole recipe on the tiny world, one stage after the other:
-#   data -> pretrain -> SFT -> reward model -> best-of-K and PPO -> reward model and PPO again -> report
+#   data -> pretrain -> SFT -> reward model -> best-of-K, DPO, PPO and RLOO -> reward model and PPO again -> report
 # Each stage is skipped when it finished before and nothing it reads changed since (its script,
 # the stages before it), so after a crash or a kill, run it again: it goes on where it stopped.
 #
@@ -62,13 +62,19 @@ stage reward reward.py sft -- \
     $RUN reward.py --policy="$OUT/sft" --init_from="$OUT/sft" --out_dir="$OUT/reward"
 stage bestofk bestofk.py sft reward -- \
     $RUN bestofk.py --init_from="$OUT/sft" --reward_model="$OUT/reward" --out_dir="$OUT/bestofk"
+stage dpo dpo.py sft reward -- \
+    $RUN dpo.py --init_from="$OUT/sft" --ref_from="$OUT/sft" --rankings="$OUT/reward/rankings.jsonl" \
+    --eval_rankings="$OUT/reward/eval_rankings.jsonl" --out_dir="$OUT/dpo"
 stage rlhf rlhf.py sft reward -- \
     $RUN rlhf.py --init_from="$OUT/sft" --ref_from="$OUT/sft" --reward_model="$OUT/reward" --out_dir="$OUT/rlhf"
+# PPO without a value model: RLOO's leave-one-out baseline (Ahmadian et al. 2024) over 4 answers per prompt
+stage rloo rlhf.py sft reward -- \
+    $RUN rlhf.py --init_from="$OUT/sft" --ref_from="$OUT/sft" --reward_model="$OUT/reward" --advantage=rloo --out_dir="$OUT/rloo"
 # round 2: the reward model learns from the PPO policy's answers too, then PPO goes on against it
 stage reward2 reward.py rlhf reward -- \
     $RUN reward.py --policy="$OUT/rlhf" --init_from="$OUT/reward" --rankings="$OUT/reward/rankings.jsonl" --epochs=1 --out_dir="$OUT/reward2"
 stage rlhf2 rlhf.py rlhf reward2 -- \
     $RUN rlhf.py --init_from="$OUT/rlhf" --ref_from="$OUT/sft" --reward_model="$OUT/reward2" --out_dir="$OUT/rlhf2"
-stage report report.py pretrain sft bestofk rlhf rlhf2 reward reward2 -- \
+stage report report.py pretrain sft bestofk dpo rlhf rloo rlhf2 reward reward2 -- \
     $RUN report.py --out_dir="$OUT"
 echo "report card: $OUT/report.md"

@@ -1,20 +1,25 @@
 """chat.py as a user runs it, on a tiny untrained checkpoint (no training needed), on the CPU."""
+import codecs
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
+from chat import token_text
 from data import world
 from data.bpe import save_bpe, train_bpe
-from model import GPT, SPLIT_PATTERN, GPTConfig, save_checkpoint
+from model import GPT, SPLIT_PATTERN, GPTConfig, answer_text, load_checkpoint, load_tokenizer, prompt_tokens, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def chat(*args, stdin=None):
-    return subprocess.run([sys.executable, 'chat.py', '--device=cpu', *args], cwd=ROOT, input=stdin,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+def chat(*args, stdin=None, merged=False):
+    """chat.py's run; merged: stderr written into stdout, in the order printed."""
+    return subprocess.run([sys.executable, 'chat.py', '--device=cpu', '--dtype=float32', *args], cwd=ROOT, input=stdin,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+                          text=True, timeout=120, env={**os.environ, 'OMP_NUM_THREADS': '1'})
 
 
 @pytest.fixture(scope='module')
@@ -36,6 +41,36 @@ def test_one_shot_prints_only_the_answer(sft_dir):
     greedy = [chat(f'--ckpt={sft_dir / "ckpt.pt"}', '--prompt=Hi', '--temperature=0', '--top_k=0').stdout
               for _ in range(2)]
     assert greedy[0] == greedy[1]
+
+
+def test_the_streamed_answer_is_the_answer_and_its_speed_comes_after_it(sft_dir):
+    result = chat(f'--ckpt={sft_dir}', '--prompt=Who is Mira?', '--temperature=0', '--max_new_tokens=24', merged=True)
+    assert result.returncode == 0, result.stdout
+    answer, speed = result.stdout.rstrip('\n').rsplit('\n', 1)  # the answer, then the speed line last
+    assert speed.startswith('(') and speed.endswith(' tok/s)')
+    model, meta = load_checkpoint(str(sft_dir / 'ckpt.pt'), 'python sft.py')
+    enc = load_tokenizer(meta['tokenizer'])
+    torch.set_num_threads(1)
+    tokens, lengths = model.eval().generate([prompt_tokens(enc, 'Who is Mira?')], 24, temperature=0,
+                                            stop_token=enc.encode_single_token('<|end|>'))
+    assert answer == answer_text(enc, tokens[0, :lengths[0]].tolist())  # streamed piece by piece: the same text
+
+
+def test_a_character_split_across_tokens_is_printed_once_whole(sft_dir):
+    enc = load_tokenizer(str(sft_dir / 'tokenizer.bpe'))
+    byte_tokens = [enc.encode_single_token(bytes([b])) for b in 'é€'.encode()]  # 2 + 3 bytes, one token each
+    utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
+    pieces = [token_text(enc, utf8, t) for t in byte_tokens + [enc.encode_single_token('<|end|>')]]
+    assert pieces == ['', 'é', '', '', '€', '']
+
+
+def test_a_reward_model_is_refused(sft_dir, tmp_path):
+    path = tmp_path / 'reward' / 'ckpt.pt'
+    gpt = GPT(GPTConfig(vocab_size=320, block_size=64, n_layer=1, n_head=2, n_embd=32, scalar_head=True))
+    save_checkpoint(str(path), gpt, tokenizer=str(sft_dir / 'tokenizer.bpe'), stage='reward')
+    result = chat(f'--ckpt={path.parent}', '--prompt=hi')
+    assert result.returncode != 0 and 'Traceback' not in result.stderr and result.stdout == ''
+    assert result.stderr.strip().count('\n') == 0 and 'reward model' in result.stderr
 
 
 def test_missing_checkpoint_names_the_command_that_makes_it(tmp_path):

@@ -2,8 +2,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from model import GPT, GPTConfig, configure, load_checkpoint, lr_at, make_optimizer, sample_answers, save_checkpoint
+from model import (GPT, GPTConfig, RMSNormFunction, configure, load_checkpoint, lr_at, make_optimizer, sample,
+                   sample_answers, save_checkpoint)
 
 
 def tiny_model(**kw):
@@ -20,6 +22,68 @@ def test_causality():
     a, b = model(idx)[0], model(changed)[0]
     torch.testing.assert_close(a[:, :12], b[:, :12], rtol=0, atol=1e-12)
     assert (a[:, 12:] - b[:, 12:]).abs().max() > 1e-4  # the change is seen from position 12 on
+
+
+def reference_llama(model, idx):
+    """The same LLaMA model written out plainly from its weights: RMSNorm with torch's default eps,
+    rotary embedding on the interleaved pairs (x[2i], x[2i+1]) with cos and sin, causal softmax
+    attention, SwiGLU MLP, tied embedding."""
+    B, T = idx.shape
+    C, H = model.config.n_embd, model.config.n_head
+    D = C // H
+
+    def rmsnorm(x, w):
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + torch.finfo(x.dtype).eps) * w
+
+    def rotary(x):  # (B, H, T, D)
+        out = torch.empty_like(x)
+        for i in range(D // 2):
+            angle = torch.arange(T, dtype=x.dtype) / 10000 ** (2 * i / D)
+            a, b = x[..., 2 * i], x[..., 2 * i + 1]
+            out[..., 2 * i] = a * torch.cos(angle) - b * torch.sin(angle)
+            out[..., 2 * i + 1] = a * torch.sin(angle) + b * torch.cos(angle)
+        return out
+
+    x = model.wte.weight[idx]
+    for block in model.blocks:
+        h = rmsnorm(x, block.norm1.weight)
+        q, k, v = (t.reshape(B, T, H, D).transpose(1, 2) for t in (h @ block.attn.qkv.weight.T).split(C, dim=-1))
+        scores = rotary(q) @ rotary(k).transpose(-1, -2) / math.sqrt(D)
+        scores = scores.masked_fill(torch.ones(T, T).triu(1).bool(), float('-inf'))
+        y = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(B, T, C)
+        x = x + y @ block.attn.proj.weight.T
+        h = rmsnorm(x, block.norm2.weight)
+        x = x + (F.silu(h @ block.mlp.gate.weight.T) * (h @ block.mlp.up.weight.T)) @ block.mlp.down.weight.T
+    return rmsnorm(x, model.norm.weight) @ model.wte.weight.T
+
+
+def test_gpt_equals_a_plain_reference_llama_forward_and_backward():
+    model = tiny_model()
+    idx = torch.randint(50, (2, 16))
+    weights = torch.randn(2, 16, 50, dtype=torch.float64)  # a loss that weighs every logit differently
+    logits = model(idx)[0]
+    reference = reference_llama(model, idx)
+    torch.testing.assert_close(logits, reference, rtol=0, atol=1e-7)
+    grads = torch.autograd.grad((logits * weights).sum(), list(model.parameters()))
+    expected = torch.autograd.grad((reference * weights).sum(), list(model.parameters()))
+    for (name, _), g, e in zip(model.named_parameters(), grads, expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_rms_norm_gradient_is_the_derivative():
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: RMSNormFunction.apply(x, w, 1e-6), (x, w))
+    torch.testing.assert_close(RMSNormFunction.apply(x, w, 1e-6), F.rms_norm(x, [8], w, 1e-6))
+
+
+def test_sampler_draws_from_the_softmax():
+    torch.manual_seed(0)
+    probs = torch.tensor([0.5, 0.0, 0.2, 0.25, 0.05, 0.0])
+    draws = sample(probs.expand(200_000, 6)).squeeze(1)
+    frequencies = torch.bincount(draws, minlength=6) / len(draws)
+    assert frequencies[1] == 0 and frequencies[5] == 0  # never a token of probability 0, the last one included
+    torch.testing.assert_close(frequencies, probs, rtol=0, atol=0.004)  # (4 standard errors at p = 0.5)
 
 
 def test_left_padding_equals_no_padding():
@@ -49,6 +113,17 @@ def test_kv_cache_generation_equals_full_recompute():
     assert lengths.tolist() == [12, 12, 12]
     for b, prompt in enumerate(prompts):
         assert tokens[b].tolist() == greedy_full_recompute(model, prompt, 12)
+
+
+def test_a_prompt_asked_many_times_is_read_once_and_answered_independently():
+    model = tiny_model()
+    prompts = [[5, 9, 3]] * 4 + [[7, 1, 2, 8, 4]] * 4  # 2 distinct prompts: their keys and values computed once
+    tokens, _ = model.generate(prompts, 10, temperature=0)
+    for b, prompt in enumerate(prompts):
+        assert tokens[b].tolist() == greedy_full_recompute(model, prompt, 10)
+    torch.manual_seed(0)
+    tokens, _ = model.generate([[5, 9, 3]] * 16, 10, temperature=1.0)
+    assert len({tuple(row) for row in tokens.tolist()}) > 8  # each copy draws its own answer
 
 
 def test_generate_stops_at_stop_token():

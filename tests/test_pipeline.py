@@ -19,17 +19,17 @@ def run_chain(out):
 
 
 def test_the_whole_chain_then_a_rerun_after_an_input_changed(tmp_path):
-    stages = ['data', 'pretrain', 'sft', 'reward', 'bestofk', 'rlhf', 'reward2', 'rlhf2', 'report']
+    stages = ['data', 'pretrain', 'sft', 'reward', 'bestofk', 'dpo', 'rlhf', 'rloo', 'reward2', 'rlhf2', 'report']
     assert run_chain(tmp_path) == [(stage, 'done') for stage in stages]
     for stage in stages[1:-1]:
         assert os.path.exists(tmp_path / stage / 'ckpt.pt'), stage
     report = (tmp_path / 'report.md').read_text()
-    rows = {}
+    rows, policies = {}, {'pretrain', 'sft', 'bestofk', 'dpo', 'rlhf', 'rloo', 'rlhf2'}
     for line in report.splitlines():
         cells = [c.strip() for c in line.strip('|').split('|')]
-        if line.startswith('|') and cells[0] in ('pretrain', 'sft', 'bestofk', 'rlhf', 'rlhf2') and cells[0] not in rows:
+        if line.startswith('|') and cells[0] in policies and cells[0] not in rows:
             rows[cells[0]] = cells
-    assert set(rows) == {'pretrain', 'sft', 'bestofk', 'rlhf', 'rlhf2'}, report[:2000]
+    assert set(rows) == policies, report[:2000]
     for stage, cells in rows.items():
         gold = float(cells[1].split()[0])
         assert 0 <= gold <= 1 and math.isfinite(gold), cells

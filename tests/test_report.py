@@ -108,12 +108,12 @@ def test_pictures_of_every_kind(tmp_path, monkeypatch):
     ppo = [dict(kind='train', iter=i, rm_score=0.1 * i, kl=0.5 * i, gold=0.4) for i in range(4)] + \
           [dict(kind='eval', iter=i, rm_score=0.1 * i, kl=0.5 * i, gold=0.4, gold_stderr=0.05) for i in (0, 2, 4)]
     logs = dict(pretrain=[dict(iter=0, train_loss=5.0, val_loss=5.1), dict(iter=0, loss=5.0), dict(iter=1, loss=4.0)],
-                rlhf=ppo, rlhf2=ppo, rlhf_beta0=ppo)
+                rlhf=ppo, rlhf2=ppo, rlhf_beta0=ppo, grpo=ppo, dpo=[dict(kind='eval', epoch=1, kl=0.3, gold=0.5)])
     metrics = dict(acc_gold=0.8, acc_label=0.7, ceiling=0.9, corr_gold=0.5, gold_pairs=10)
     best_of_k = [dict(k=k, gold=0.5, gold_stderr=0.1, rm_score=0.0, kl_bound=math.log(k) - (k - 1) / k) for k in (1, 2)]
     lines = report.pictures(logs, dict(reward=metrics, reward2=metrics), best_of_k,
                             dict(bestofk=dict(kl=1.0, summary=dict(gold=0.6))))
-    names = ['pretrain', 'ppo', 'overoptimisation', 'rm']
+    names = ['pretrain', 'ppo', 'frontier', 'rm']
     assert [line.split('(')[-1] for line in lines] == [f'report_{name}.png)' for name in names]
     assert all((tmp_path / f'report_{name}.png').stat().st_size > 1000 for name in names)
 

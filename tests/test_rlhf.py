@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -114,3 +115,62 @@ def test_missing_checkpoints_name_the_command_that_makes_them(tiny_chain, tmp_pa
     assert result.returncode != 0 and 'python reward.py' in result.stderr and 'Traceback' not in result.stderr
     result = run_script('rlhf.py', f'--init_from={tmp_path}/sft', f'--ref_from={tmp_path}/sft', '--device=cpu', check=False)
     assert result.returncode != 0 and 'python sft.py' in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_grpo_and_rloo_advantages_by_hand():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0])  # two groups of 4; the second all equal
+    std = math.sqrt((1.5 ** 2 + 0.5 ** 2 + 0.5 ** 2 + 1.5 ** 2) / 3)
+    grpo = rlhf.grpo_advantages(rewards, 4)
+    torch.testing.assert_close(grpo[:4], torch.tensor([-1.5, -0.5, 0.5, 1.5]) / std, atol=1e-5, rtol=1e-5)
+    rloo = rlhf.rloo_advantages(rewards, 4)
+    # each reward minus the mean of the other three: 1 - 3, 2 - 8/3, 3 - 7/3, 4 - 2
+    torch.testing.assert_close(rloo[:4], torch.tensor([-2.0, -2 / 3, 2 / 3, 2.0]))
+    for advantages in (grpo, rloo):
+        assert torch.equal(advantages[4:], torch.zeros(4))  # equal rewards: no signal, and no NaN
+
+
+def test_critic_free_advantages_follow_the_groups_of_prompts_through_the_length_sort(monkeypatch):
+    monkeypatch.setattr(rlhf, 'advantage', 'rloo')
+    monkeypatch.setattr(rlhf, 'group_size', 2)
+    order = torch.tensor([3, 0, 2, 1])  # row j answers prompt order[j]; prompts 0, 1 one group, 2, 3 the other
+    score, kl = torch.tensor([10.0, 20.0, 30.0, 40.0]), torch.tensor([2.0, 4.0, 6.0, 8.0])
+    advantages = rlhf.group_advantages(score, kl, order, 0.5)
+    # rewards score - 0.5 kl by row: 9, 18, 27, 36; prompt 3 (row 0) with prompt 2 (row 2), prompt 0 (row 1) with 1 (row 3)
+    torch.testing.assert_close(advantages, torch.tensor([9.0 - 27.0, 18.0 - 36.0, 27.0 - 9.0, 36.0 - 18.0]))
+
+
+def test_critic_free_ppo_raises_a_synthetic_reward(monkeypatch):
+    """As test_ppo_raises_a_synthetic_reward, with no value model: 4 prompts answered 4 times each."""
+    for key, value in dict(minibatch_size=8, max_new_tokens=8, temperature=1.0, ppo_epochs=2, unfinished_reward=0.0,
+                           advantage='grpo', group_size=4).items():
+        monkeypatch.setattr(rlhf, key, value)
+    policy, ref = tiny(0), tiny(0).requires_grad_(False)
+    opt_p = make_optimizer(policy, 3e-3, 0.0, 'cpu')
+
+    def share_of_target(idx, n_pad, last):
+        answers = idx[:, idx.size(1) - rlhf.max_new_tokens:]
+        return (answers == TARGET).float().mean(1) * 5
+
+    prompts = [p for p in PROMPTS[:4] for _ in range(4)]
+    scores = []
+    for it in range(25):
+        batch = rlhf.rollout(policy, ref, None, share_of_target, prompts, torch.tensor(END), nullcontext())
+        batch['score'] = share_of_target(batch['idx'], None, None)
+        stats = rlhf.ppo_update(policy, None, opt_p, None, batch, 0.01, nullcontext())
+        scores.append(batch['score'].mean().item())
+    assert 'value_loss' not in stats and all(math.isfinite(v) for v in stats.values())
+    assert sum(scores[-5:]) / 5 > 3 * sum(scores[:5]) / 5 + 0.2, scores
+
+
+def test_grpo_stage_on_the_tiny_chain_builds_no_value_model(tiny_chain, tmp_path):
+    out = str(tmp_path / 'grpo')
+    args = ['rlhf.py', 'config/tiny/rlhf.py', f'--init_from={tiny_chain["sft"]}', f'--ref_from={tiny_chain["sft"]}',
+            f'--reward_model={tiny_chain["sft"]}', '--device=cpu']  # (the SFT model with a new head: a flat reward)
+    run_script(*args, '--advantage=grpo', f'--out_dir={out}')
+    ckpt = torch.load(f'{out}/ckpt.pt', weights_only=True)
+    assert ckpt['config']['advantage'] == 'grpo' and not ckpt['model_args']['scalar_head'] and 'gold' in ckpt['metrics']
+    train = [json.loads(line) for line in open(f'{out}/metrics.jsonl') if '"train"' in line]
+    assert train and all('value_loss' not in row and math.isfinite(row['policy_loss']) for row in train)
+    for bad in (['--advantage=grp'], ['--advantage=rloo', '--group_size=3']):
+        result = run_script(*args, *bad, f'--out_dir={tmp_path}/bad', check=False)
+        assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1 and 'Traceback' not in result.stderr

@@ -1,0 +1,180 @@
+"""
+Export a policy checkpoint (pretrain, sft, rlhf, bestofk, ...) to the Hugging Face format: a folder
+that transformers loads with no custom code, and that tools reading that format (serving, conversion,
+model hubs) take as any LLaMA model.
+
+  pip install safetensors transformers          # only export needs them (transformers: to load it)
+  python export.py --ckpt=out/rlhf --out=out/hf/rlhf
+
+The project's GPT is LLaMA's architecture, so the folder is a plain LlamaForCausalLM:
+  config.json             LlamaConfig: the sizes, RMSNorm's eps, rotary base 10000, tied embeddings
+  model.safetensors       the weights, renamed; the fused qkv matrix split into q, k and v, and the rows
+                          of q and k reordered for HF's rotary layout (see hf_rotary_order)
+  tokenizer.json          the byte-level BPE (the project's or GPT-2's) with its four special tokens
+  tokenizer_config.json   the special tokens and the chat template (the one model.prompt_tokens renders)
+  generation_config.json  <|end|> ends the assistant's turn
+
+A reward or value model (a checkpoint with a scalar head) is refused: its head is a Linear with a
+bias, read at every position (value) or at the answer's last token (reward), while the score layer
+of HF's LlamaForSequenceClassification has no bias and gives the last non-padding token's score
+only: no HF class computes what the project's does without custom code.
+"""
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import torch
+
+from model import SPECIAL_TOKENS, configure, load_checkpoint, load_tokenizer
+
+# ----------------------------------------------------------------------------- config
+ckpt = 'out/rlhf'         # a stage's directory (holding ckpt.pt) or the path of a .pt file
+out = 'out/hf/rlhf'       # the folder to write (a previous export there is replaced)
+# -----------------------------------------------------------------------------
+
+# The chat template of model.render_chat / prompt_tokens in Jinja, the language HF's
+# apply_chat_template speaks: <|endoftext|> <|user|> text <|end|> <|assistant|> text <|end|> ...
+# (One difference: a message whose text spells a special token, '<|end|>', gets that token here,
+# as with any HF chat template; render_chat encodes it as plain text.)
+CHAT_TEMPLATE = (
+    "{{ '<|endoftext|>' }}"
+    "{% for m in messages %}"
+    "{% if m['role'] not in ('user', 'assistant') %}{{ raise_exception('roles are user and assistant') }}{% endif %}"
+    "{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+
+
+def hf_rotary_order(w, n_head):
+    """Rows of a q or k projection, reordered per head from the project's rotary layout to HF's.
+    The project turns the pairs (x[2i], x[2i+1]) of each head (model.rotate); HF's Llama turns the
+    pairs (x[i], x[i + head_dim/2]) by the same angles. So HF's rows of a head are the project's even
+    rows, then its odd rows. q and k get the same order, so every dot product q.k is unchanged."""
+    out_dim, in_dim = w.shape
+    return w.view(n_head, out_dim // n_head // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+def llama_weights(state, cfg):
+    """The project's state dict under LlamaForCausalLM's names. lm_head is tied to the embedding:
+    HF ties it again on loading (tie_word_embeddings), so it is stored once."""
+    C = cfg.n_embd
+    weights = {'model.embed_tokens.weight': state['wte.weight'], 'model.norm.weight': state['norm.weight']}
+    for i in range(cfg.n_layer):
+        ours, theirs = f'blocks.{i}.', f'model.layers.{i}.'
+        q, k, v = state[ours + 'attn.qkv.weight'].split(C, dim=0)  # the fused Linear(C, 3C): rows q, k, v
+        weights.update({
+            theirs + 'self_attn.q_proj.weight': hf_rotary_order(q, cfg.n_head),
+            theirs + 'self_attn.k_proj.weight': hf_rotary_order(k, cfg.n_head),
+            theirs + 'self_attn.v_proj.weight': v,
+            theirs + 'self_attn.o_proj.weight': state[ours + 'attn.proj.weight'],
+            theirs + 'mlp.gate_proj.weight': state[ours + 'mlp.gate.weight'],
+            theirs + 'mlp.up_proj.weight': state[ours + 'mlp.up.weight'],
+            theirs + 'mlp.down_proj.weight': state[ours + 'mlp.down.weight'],
+            theirs + 'input_layernorm.weight': state[ours + 'norm1.weight'],
+            theirs + 'post_attention_layernorm.weight': state[ours + 'norm2.weight']})
+    return {name: w.float().contiguous() for name, w in weights.items()}
+
+
+def llama_config(cfg, hidden, specials):
+    """config.json: LlamaConfig's fields for the project's GPTConfig (hidden: the SwiGLU's width)."""
+    return dict(
+        architectures=['LlamaForCausalLM'], model_type='llama', torch_dtype='float32',
+        vocab_size=cfg.vocab_size,  # the model's (rounded up) vocab; the tokenizer uses the first ids
+        hidden_size=cfg.n_embd, intermediate_size=hidden, num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head, head_dim=cfg.n_embd // cfg.n_head,
+        max_position_embeddings=cfg.block_size, hidden_act='silu', rope_theta=10000.0,  # model.GPT's rotary base
+        rope_scaling=None, rms_norm_eps=torch.finfo(torch.float32).eps,  # nn.RMSNorm's default in fp32
+        attention_bias=False, mlp_bias=False, tie_word_embeddings=True, initializer_range=0.02,
+        # padding is <|end|>, not <|endoftext|>: HF's generate, given no attention mask, masks every pad
+        # id it finds in the prompt unless pad is eos, and every prompt starts with <|endoftext|>
+        bos_token_id=specials['<|endoftext|>'], eos_token_id=specials['<|end|>'], pad_token_id=specials['<|end|>'])
+
+
+def byte_chars():
+    """GPT-2's printable stand-in for each byte, the alphabet of byte-level BPE files: printable
+    bytes stand for themselves, the others (space, control bytes, ...) for the characters from 256 on
+    (space is 'Ġ', newline 'Ċ')."""
+    printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), 256)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
+
+
+def tokenizer_json(enc):
+    """The tokenizer in the `tokenizers` library's format. tiktoken stores only ranks {bytes: id};
+    HF's BPE also wants the merges, the pairs that make each token, in priority order. tiktoken
+    merges any adjacent pair whose concatenation is a token, lowest rank first; so the merges are
+    every split of every token into two tokens, ordered by the merged token's rank. ignore_merges
+    does as tiktoken does with a piece that is a token as a whole: it takes it without merging."""
+    ranks, chars = enc._mergeable_ranks, byte_chars()
+    text = {token: ''.join(chars[b] for b in token) for token in ranks}
+    # (merged token's rank, left part's rank, 'left right' in GPT-2's characters), sorted below
+    merges = [(rank, ranks[token[:i]], text[token[:i]] + ' ' + text[token[i:]])
+              for token, rank in ranks.items() for i in range(1, len(token))
+              if token[:i] in ranks and token[i:] in ranks]
+    return dict(
+        version='1.0', truncation=None, padding=None, normalizer=None, post_processor=None,
+        added_tokens=[dict(id=i, content=s, single_word=False, lstrip=False, rstrip=False, normalized=False,
+                           special=True) for s, i in enc._special_tokens.items()],
+        pre_tokenizer=dict(type='Sequence', pretokenizers=[  # split with the pattern, then bytes -> chars
+            dict(type='Split', pattern=dict(Regex=enc._pat_str), behavior='Isolated', invert=False),
+            dict(type='ByteLevel', add_prefix_space=False, trim_offsets=False, use_regex=False)]),
+        decoder=dict(type='ByteLevel', add_prefix_space=False, trim_offsets=False, use_regex=False),
+        model=dict(type='BPE', dropout=None, unk_token=None, continuing_subword_prefix=None,
+                   end_of_word_suffix=None, fuse_unk=False, byte_fallback=False, ignore_merges=True,
+                   vocab={text[token]: rank for token, rank in ranks.items()},
+                   merges=[pair for _, _, pair in sorted(merges)]))
+
+
+def write_json(path, obj):
+    with open(path, 'w') as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+
+
+def main():
+    configure(globals())
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        sys.exit('error: export.py needs safetensors: pip install safetensors transformers')
+    if os.path.exists(out) and not os.path.isfile(os.path.join(out, 'model.safetensors')):
+        sys.exit(f'error: {out} exists and is not an earlier export: choose another --out')
+    path = ckpt if ckpt.endswith('.pt') else os.path.join(ckpt, 'ckpt.pt')
+    model, meta = load_checkpoint(path, 'a training stage (python sft.py, rlhf.py, ...)')
+    cfg = model.config
+    if cfg.scalar_head:
+        sys.exit(f'error: {path} is a reward or value model (a scalar head): export.py exports policies '
+                 '(pretrain, sft, rlhf, bestofk), as HF has no model with the same scalar head')
+    enc = load_tokenizer(meta['tokenizer'])
+    specials = {s: enc.encode_single_token(s) for s in SPECIAL_TOKENS}
+
+    # everything goes to a temporary folder beside `out`, renamed at the end: a failed export leaves no half folder
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(out) + '.tmp')
+    try:
+        save_file(llama_weights(model.state_dict(), cfg), os.path.join(tmp, 'model.safetensors'),
+                  metadata=dict(format='pt'))
+        os.chmod(tmp, 0o755)  # readable by all, as a folder made with mkdir is
+        os.chmod(os.path.join(tmp, 'model.safetensors'), 0o644)
+        write_json(os.path.join(tmp, 'config.json'), llama_config(cfg, model.blocks[0].mlp.up.out_features, specials))
+        write_json(os.path.join(tmp, 'generation_config.json'), dict(
+            bos_token_id=specials['<|endoftext|>'], eos_token_id=specials['<|end|>'], pad_token_id=specials['<|end|>']))
+        write_json(os.path.join(tmp, 'tokenizer.json'), tokenizer_json(enc))
+        write_json(os.path.join(tmp, 'tokenizer_config.json'), dict(
+            tokenizer_class='PreTrainedTokenizerFast',  # the generic class: it reads tokenizer.json as it is
+            bos_token='<|endoftext|>', eos_token='<|end|>', pad_token='<|end|>', padding_side='left',
+            add_bos_token=False, add_eos_token=False, clean_up_tokenization_spaces=False,
+            model_input_names=['input_ids', 'attention_mask'],  # (no token_type_ids, which generate refuses)
+            model_max_length=cfg.block_size, chat_template=CHAT_TEMPLATE))
+        if os.path.exists(out):  # an earlier export: replaced only now that the new one is complete
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f'{path} ({meta.get("stage", "?")} stage, {model.num_params():,} parameters) -> {out}')
+
+
+if __name__ == '__main__':
+    main()
