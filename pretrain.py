@@ -187,10 +187,12 @@ def main():
     if master:
         enc = load_tokenizer(meta['tokenizer'])
         eot = enc.encode_single_token('<|endoftext|>')
-        print(f'final val loss {losses["val"]:.4f}; checkpoint {ckpt_path}\nsamples:')
-        raw = raw_model(model).eval()
+        print(f'final val loss {losses["val"]:.4f}; checkpoint {ckpt_path}')
+    if master and n_samples > 0:
+        print('samples:')
         with autocast:
-            tokens, lengths = raw.generate([[eot]] * n_samples, min(120, block_size - 1), temperature=0.8, top_k=50, stop_token=eot)
+            tokens, lengths = raw_model(model).eval().generate([[eot]] * n_samples, min(120, block_size - 1),
+                                                               temperature=0.8, top_k=50, stop_token=eot)
         for row, n in zip(tokens.tolist(), lengths.tolist()):
             print('-', enc.decode([t for t in row[:n] if t < enc.n_vocab and t != eot]))
     teardown()

@@ -251,6 +251,9 @@ def main():
     config = configure(globals())
     if advantage not in ('gae', 'grpo', 'rloo'):
         raise SystemExit(f"error: --advantage must be gae, grpo or rloo, got {advantage!r}")
+    if temperature <= 0:
+        raise SystemExit(f'error: --temperature must be above 0, not {temperature}: PPO samples its answers, and its '
+                         'log-probs are those of the sampling distribution (greedy decoding has none)')
     if advantage != 'gae' and (group_size < 2 or batch_size % group_size):
         raise SystemExit(f'error: --group_size must be at least 2 and divide --batch_size ({batch_size})')
     rank, world_size, dev, autocast = setup(device, dtype, seed)

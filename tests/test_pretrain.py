@@ -133,6 +133,13 @@ def test_bad_input_is_one_clear_error(data_dir, tmp_path, args, message):
     assert not os.path.exists(out)  # nothing written
 
 
+def test_no_samples_asked_none_printed(data_dir, tmp_path):
+    for n in (0, -1):
+        result = run('pretrain.py', *TINY, '--max_iters=2', '--eval_interval=2', f'--n_samples={n}',
+                     f'--data_dir={data_dir}', f'--out_dir={tmp_path / str(n)}')
+        assert 'samples:' not in result.stdout and 'final val loss' in result.stdout
+
+
 @pytest.mark.parametrize('size, message', [(0, 'fewer than block_size'), (1001, 'truncated')])
 def test_empty_or_truncated_data_is_an_error(data_dir, tmp_path, size, message):
     bad = tmp_path / 'bad'

@@ -174,3 +174,10 @@ def test_grpo_stage_on_the_tiny_chain_builds_no_value_model(tiny_chain, tmp_path
     for bad in (['--advantage=grp'], ['--advantage=rloo', '--group_size=3']):
         result = run_script(*args, *bad, f'--out_dir={tmp_path}/bad', check=False)
         assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1 and 'Traceback' not in result.stderr
+
+
+def test_temperature_zero_is_one_clear_error(tiny_chain, tmp_path):
+    result = run_script('rlhf.py', f'--init_from={tiny_chain["sft"]}', f'--ref_from={tiny_chain["sft"]}',
+                        '--temperature=0', f'--out_dir={tmp_path}/rlhf', '--device=cpu', check=False)
+    assert result.returncode != 0 and '--temperature must be above 0' in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / 'rlhf').exists()
