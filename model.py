@@ -188,12 +188,12 @@ class GPT(nn.Module):
         real = torch.arange(length, device=n_pad.device)[None, :] >= n_pad[:, None]
         return dict(kv=kv, real=real, len=0)
 
-    def forward(self, idx, targets=None, n_pad=None, cache=None):
+    def forward(self, idx, targets=None, n_pad=None):
         """Logits (B, T, vocab) at every position; with targets also the mean cross-entropy over the
         targets that are not -1 (a batch whose targets are all -1 gives 0, not NaN).
         A model with a scalar head (a reward or value model) returns its scalar at every position
         (B, T) instead of logits."""
-        h = self.hidden(idx, n_pad, cache)
+        h = self.hidden(idx, n_pad)
         if self.scalar_head is not None:
             return self.scalar_head(h).squeeze(-1).float(), None
         logits = self.lm_head(h)
