@@ -149,7 +149,7 @@ def main():
     if master:
         finished = [row[2] for row in tuned if row[2] > float('-inf')]
         summary = tasks.summarize(world, [row[0] for row in tuned], [row[1] for row in tuned])
-        metrics = dict(gold=summary['gold'], gold_stderr=summary['gold_stderr'], kinds=summary['kinds'],
+        metrics = dict(gold=summary['gold'], gold_stderr=summary['gold_stderr'], kinds=summary['kinds'], splits=summary['splits'],
                        criteria=summary['criteria'], rm_score=sum(finished) / max(len(finished), 1),
                        kl=sum(row[3] for row in tuned) / len(tuned), length=sum(row[4] for row in tuned) / len(tuned),
                        best_of_k=[])

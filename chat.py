@@ -3,7 +3,7 @@ Talk to a checkpoint of any stage: a multi-turn chat in the terminal, sampled wi
 
   python chat.py                                    # chat with out/sft (made by python sft.py)
   python chat.py --ckpt=out/rlhf --temperature=0    # any stage's checkpoint; 0 = greedy
-  python chat.py --prompt="Where does Mira live?"   # one answer on stdout, then exit (for scripts)
+  python chat.py --prompt="Tell me where Mira lives."   # one answer on stdout, then exit (for scripts)
 
 In the chat, /reset forgets the conversation and /quit (or Ctrl-D) ends it. When the conversation
 outgrows the model's block_size, its oldest turns are dropped. Each answer is printed token by

@@ -199,7 +199,7 @@ def main():
         kl = (all_logprobs(policy, examples, autocast, dev) - all_logprobs(ref, examples, autocast, dev)).tolist()
         rows = all_gather(zip(mine, answers, kl, map(len, tokens)))
         summary = tasks.summarize(world, [r[0] for r in rows], [r[1] for r in rows])
-        row = dict(gold=summary['gold'], gold_stderr=summary['gold_stderr'], kinds=summary['kinds'],
+        row = dict(gold=summary['gold'], gold_stderr=summary['gold_stderr'], kinds=summary['kinds'], splits=summary['splits'],
                    criteria=summary['criteria'], kl=sum(r[2] for r in rows) / len(rows),
                    length=sum(r[3] for r in rows) / len(rows))
         log(kind='eval', iter=it, **row)  # (report.py draws these on the frontier)

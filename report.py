@@ -137,6 +137,34 @@ def stage_tables(results):
             + ['', '## Gold criteria by kind', ''] + table(['stage', *keys], per))
 
 
+def generalisation_tables(results, prompts):
+    """Per stage and split of generalisation (data/tasks.py: a seen phrasings, b new combinations, c new
+    words): the gold score, the gain over SFT paired by prompt (each ± its standard error), then the
+    gold score of each kind in each split."""
+    splits = [tasks.generalisation(p) for p in prompts[::samples]]
+    names = [f'{s}: {label}' for s, label in tasks.GENERALISATION.items()]
+    part = lambda xs, split: [x for x, s in zip(xs, splits) if s == split]
+    golds, gains = [], []
+    for stage, r in results.items():
+        scores = per_prompt(r['summary']['scores'])
+        golds.append((stage, *('{:.3f} ± {:.3f}'.format(*mean_and_stderr(part(scores, s))) for s in tasks.GENERALISATION)))
+        if 'sft' in results and stage != 'sft':
+            gain = [a - b for a, b in zip(scores, per_prompt(results['sft']['summary']['scores']))]
+            by_split = {s: mean_and_stderr(part(gain, s)) for s in tasks.GENERALISATION}
+            ratio = lambda s: fmt(by_split[s][0] / by_split['a'][0], 2) if by_split['a'][0] > 0 else '-'
+            gains.append((stage, *('{:+.3f} ± {:.3f}'.format(*by_split[s]) for s in tasks.GENERALISATION),
+                          ratio('b'), ratio('c')))
+    kinds = list(tasks.KIND_SHARES)
+    per_kind = [(stage, *(' / '.join(fmt(r['summary']['split_kinds'].get(f'{s}/{kind}'), 2) for s in tasks.GENERALISATION)
+                          for kind in kinds)) for stage, r in results.items()]
+    lines = [f'{splits.count("a")}, {splits.count("b")} and {splits.count("c")} of the prompts in splits a, b and c.',
+             '', 'Gold score:', '', *table(['stage', *names], golds)]
+    if gains:
+        lines += ['', 'Gain over SFT (paired by prompt), and the gain in b and in c as a share of the gain in a:', '',
+                  *table(['stage', *names, 'b / a', 'c / a'], gains)]
+    return lines + ['', 'Gold score of each kind, in splits a / b / c:', '', *table(['stage', *kinds], per_kind)]
+
+
 def reasoned_refusals(results, prompts):
     """Per stage, the share of its answers to the harmless look-alikes that refuse with a reason, as a
     harmful request is refused: the round-1 RM scores those above a helpful answer (README, the report card)."""
@@ -147,10 +175,10 @@ def reasoned_refusals(results, prompts):
 
 
 def rm_table(rms):
-    """Each RM's held-out pairwise accuracy, on prompts in the phrasings of training and in new ones."""
+    """Each RM's held-out pairwise accuracy, on all held-out prompts and on each split of generalisation."""
     rows = [(name, label, *(fmt(part[k]) for k in ('acc_gold', 'acc_label', 'ceiling', 'corr_gold')), part['gold_pairs'])
             for name, m in rms.items()
-            for label, part in (('training phrasings', m), ('new phrasings', m.get('new_phrasings'))) if part]
+            for label, part in (('all', m), *((f'{s}: {tasks.GENERALISATION[s]}', p) for s, p in m.get('splits', {}).items()))]
     return table(['RM', 'held-out prompts', 'acc vs gold', 'acc vs labels', 'label-noise ceiling', 'corr with gold',
                   'pairs (gold differs)'], rows)
 
@@ -253,6 +281,7 @@ def write_report(results, prompts):
              f'at most {max_new_tokens} new tokens. RM score: {os.path.dirname(rm_path())} (raw). KL to SFT: '
              "sampled estimate of KL(pi || pi_sft), nats per answer. Win vs SFT: the gold judge prefers this "
              "answer to SFT's (ties count half).", '', '## Stages', '', *stage_tables(results)]
+    lines += ['', '## Generalisation: seen phrasings, new combinations, new words', '', *generalisation_tables(results, prompts)]
     lines += ['', '## A reward hack to watch', '', *reasoned_refusals(results, prompts)]
     if rms:
         lines += ['', '## Reward models', '', *rm_table(rms)]
@@ -294,7 +323,8 @@ def main():
         r['sampled'] = ckpt.get('answers_sampled', 0 if stage in ('pretrain', 'sft') else None)
         r['gold'] = mean_and_stderr(per_prompt(r['summary']['scores']))
         if rank == 0:
-            print(f'{stage:8s} gold {r["gold"][0]:.3f} ± {r["gold"][1]:.3f}, '
+            print(f'{stage:8s} gold {r["gold"][0]:.3f} ± {r["gold"][1]:.3f} ('
+                  + ', '.join(f'{s} {v:.3f}' for s, v in r['summary']['splits'].items()) + '), '
                   f'RM score {fmt(r["rm"])}, KL to SFT {fmt(r["kl"], 2)}, length {r["length"]:.1f}')
         del model, ckpt
     sft_scores = results['sft']['summary']['scores'] if 'sft' in results else None

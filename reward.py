@@ -216,10 +216,9 @@ def main():
     scorer = torch.compile(rm) if compile and dev.startswith('cuda') else rm
     if dist.is_initialized():
         scorer = DDP(scorer, device_ids=[torch.device(dev).index] if dev.startswith('cuda') else None)
-    # held out: prompts in the phrasings of training (what PPO's prompts look like), and in new ones
-    seen = [row for row in eval_rows if not tasks.new_phrasing(row['prompt'])]
-    new = [row for row in eval_rows if tasks.new_phrasing(row['prompt'])]
-    before = evaluate(rm, enc, seen, autocast, dev) if seen else {}
+    # held out: all prompts, and each split of generalisation (a: the phrasings of training, as PPO's prompts are)
+    splits = {s: [row for row in eval_rows if tasks.generalisation(row['prompt']) == s] for s in tasks.GENERALISATION}
+    before = evaluate(rm, enc, eval_rows, autocast, dev) if eval_rows else {}
     lengths = [len(str(prompt)) + max(map(len, answers)) for prompt, answers in data]  # (in characters: close enough)
     n_batches, epoch_batches = max(1, len(data) // batch_size), {}
     iters = int(epochs * n_batches) // world_size
@@ -242,19 +241,19 @@ def main():
         if it % 10 == 0:
             bar.set_postfix(loss=f'{loss.item():.3f}')
     rm.eval()
-    after = dict(evaluate(rm, enc, seen, autocast, dev), new_phrasings=evaluate(rm, enc, new, autocast, dev)) if seen else {}
+    after = dict(evaluate(rm, enc, eval_rows, autocast, dev), splits={
+        s: evaluate(rm, enc, rows, autocast, dev) for s, rows in splits.items() if rows}) if eval_rows else {}
     if master:
         save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), rm, config=config, tokenizer=ckpt['tokenizer'], stage='reward',
                         data_dir=ckpt.get('data_dir', 'out/data/world'), metrics=after, train_time=time.time() - t0)
         with open(os.path.join(out_dir, 'metrics.jsonl'), 'w') as f:
             f.writelines(json.dumps(dict(when=w, **m)) + '\n' for w, m in (('before', before), ('after', after)) if m)
         if after:
-            print(f'held-out prompts ({len(seen)} x {k} answers): pairwise accuracy vs the gold order '
+            print(f'held-out prompts ({len(eval_rows)} x {k} answers): pairwise accuracy vs the gold order '
                   f'{after["acc_gold"]:.1%} (over {after["gold_pairs"]} pairs whose gold differs; '
                   f'{before["acc_gold"]:.1%} before training), vs the noisy labels {after["acc_label"]:.1%} '
-                  f'(ceiling {after["ceiling"]:.1%}), correlation with gold {after["corr_gold"]:.2f}; '
-                  + (f'prompts in new phrasings ({len(new)}): vs the gold order {after["new_phrasings"]["acc_gold"]:.1%}'
-                     if new else ''))
+                  f'(ceiling {after["ceiling"]:.1%}), correlation with gold {after["corr_gold"]:.2f}; vs gold by split: '
+                  + ', '.join(f'{tasks.GENERALISATION[s]} {m["acc_gold"]:.1%}' for s, m in after['splits'].items()))
         print(f'checkpoint {out_dir}/ckpt.pt ({time.time() - t0:.0f} s)')
     teardown()
 

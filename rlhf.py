@@ -306,7 +306,8 @@ def main():
         summary = tasks.summarize(world, [r[0] for r in rows], [r[1] for r in rows])
         row = dict(iter=it, gold=summary['gold'], gold_stderr=summary['gold_stderr'],
                    rm_score=sum(r[2] for r in rows) / len(rows), kl=sum(r[3] for r in rows) / len(rows),
-                   length=sum(r[4] for r in rows) / len(rows), kinds=summary['kinds'], criteria=summary['criteria'])
+                   length=sum(r[4] for r in rows) / len(rows), kinds=summary['kinds'], splits=summary['splits'],
+                   criteria=summary['criteria'])
         if master:
             tqdm.write(f'iter {it}: held-out RM score {row["rm_score"]:+.3f}, KL {row["kl"]:.2f}, length {row["length"]:.0f}, '
                        + tasks.report(summary))

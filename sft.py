@@ -189,7 +189,7 @@ def main():
         text = f'iter {it}: val loss {row["val_loss"]:.4f}'
         if eval_prompts and label:
             summary, prompts, answers = judge(model, enc, world, eval_prompts, autocast, f'answering ({label})')
-            row.update(gold=summary['gold'], gold_stderr=summary['gold_stderr'], kinds=summary['kinds'],
+            row.update(gold=summary['gold'], gold_stderr=summary['gold_stderr'], kinds=summary['kinds'], splits=summary['splits'],
                        criteria=summary['criteria'])
             text += f'\n{label}: ' + tasks.report(summary)
             if master:

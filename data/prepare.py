@@ -28,6 +28,7 @@ vocab_size = 2048          # bpe only: 256 bytes + merges (the special tokens co
 bpe_train_chars = 20_000_000  # bpe only: train on this much of the text (merges depend little on more)
 n_docs = 80_000            # world only: documents to generate
 seed = 0                   # world only: the world (who lives where) and the corpus drawn from it
+manners = 0.1              # world only: the share of documents on right and wrong and on what rarer words mean
 n_demos = 4000             # world only: SFT demonstrations written to sft.jsonl (data/tasks.py)
 flaw_rate = 0.4            # world only: the share of demonstrations with a flaw the gold judge sees
 val_fraction = 0.05        # the last share of the tokens is the validation set
@@ -61,8 +62,10 @@ def main():
         docs = read_documents(text_files.split(','))
         if not docs:
             sys.exit(f'error: {text_files}: no text')
+    elif not 0 <= manners <= 0.55:
+        sys.exit(f'error: manners must be between 0 and 0.55 (the stories take 0.45), not {manners}')
     else:
-        docs = world.corpus(world.make_world(seed), n_docs, seed)
+        docs = world.corpus(world.make_world(seed), n_docs, seed, manners)
         sentences = [s for d in docs for s in re.split(r'(?<=[.!?]) ', d)]
         print(f'world: {len(docs):,} documents, {len(sentences):,} sentences, {len(set(sentences)):,} distinct')
         demos = tasks.demonstrations(world.make_world(seed), n_demos, flaw_rate, seed)

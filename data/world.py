@@ -9,6 +9,11 @@ instructions must come from SFT. Everything is deterministic given the seeds.
 Sentences end with '.', '!' or '?' and contain no other such mark, so that a program can count
 them; every fact is stated the same way wherever it appears (in many phrasings), so that a model
 can learn it. Change the lists below to make a world of your own.
+
+Besides facts and stories the prose teaches words: which deeds are wrong and which kind (DEEDS), what
+a rarer word means in plainer ones (MEANINGS), and lists of facts under a heading. Some of these
+words appear in no instruction that training uses (data/tasks.py keeps them for evaluation): what a
+model does with them shows whether instruction following carries over from what pretraining taught.
 """
 import random
 
@@ -51,6 +56,20 @@ TIMES = ['One morning', 'One evening', 'Last winter', 'On a sunny day', 'One rai
 FEELINGS = ['happy', 'proud', 'tired', 'surprised', 'glad', 'sleepy', 'excited', 'calm']
 OBJECTS = ['a silver key', 'an old map', 'a lost boot', 'a tiny bell', 'a blue feather', 'a wooden box',
            'a broken kite', 'a golden coin', 'a strange stone', 'a letter with no name']
+DEEDS = {  # topic: (how the thing is named, unkind deeds, kind deeds); see data/tasks.py for the requests
+    'pet': ('the {pet} of {name}', ['hurt', 'kick', 'starve', 'trap', 'beat', 'harm', 'poison'],
+            ['feed', 'wash', 'brush', 'walk', 'play with', 'care for', 'cuddle']),
+    'food': ('the {food} of {name}', ['steal', 'spoil', 'ruin', 'throw away', 'hide', 'grab', 'snatch'],
+             ['make', 'cook', 'prepare', 'serve', 'share', 'buy', 'bake']),
+    'place': ('{landmark} in {place}', ['burn down', 'break', 'smash', 'wreck', 'damage', 'destroy', 'vandalize'],
+              ['find', 'visit', 'see', 'reach', 'draw', 'clean', 'explore']),
+    'person': ('{name}', ['hurt', 'scare', 'trick', 'bully', 'insult', 'push', 'frighten'],
+               ['cheer up', 'help', 'thank', 'hug', 'praise', 'greet', 'comfort']),
+}
+MEANINGS = {  # a rarer deed: the plainer one that says what it means
+    'poison': 'hurt', 'cuddle': 'care for', 'snatch': 'steal', 'bake': 'make', 'vandalize': 'damage',
+    'explore': 'visit', 'frighten': 'scare', 'comfort': 'cheer up',
+}
 
 
 def make_world(seed=0):
@@ -125,6 +144,33 @@ def place_facts(world, place):
     return facts
 
 
+def deed_object(world, rng, topic):
+    """A random thing a deed of the topic is done to ('the cat of Mira', 'the red lighthouse in Redcliff')."""
+    name = rng.choice(list(world['people']))
+    place = rng.choice(list(world['places']))
+    return DEEDS[topic][0].format(name=name, pet=world['people'][name]['pet'], food=world['people'][name]['food'],
+                                  landmark=world['places'][place][1], place=place)
+
+
+def manners(world, rng):
+    """A few sentences on right and wrong: unkind deeds are wrong, kind ones good, and a rarer word
+    means a plainer one (every deed and word of DEEDS and MEANINGS is said this way)."""
+    said = []
+    for _ in range(rng.randint(3, 5)):
+        topic = rng.choice(list(DEEDS))
+        thing, (_, unkind, kind) = deed_object(world, rng, topic), DEEDS[topic]
+        bad, good = rng.choice(unkind), rng.choice(kind)
+        said.append(rng.choice([f'It is wrong to {bad} {thing}.', f'Nobody should {bad} {thing}.',
+                                f'It is kind to {good} {thing}.', f'It is good to {good} {thing}.']))
+        word = rng.choice([w for w in unkind + kind if w in MEANINGS] + ['tale', 'remind', 'teach'])
+        name, other = rng.sample(list(world['people']), 2)
+        lessons = {'tale': f'A tale is a story. {name} told a tale about {other}.',
+                   'remind': f'To remind {name} of a thing is to tell {name} that thing again.',
+                   'teach': f'To teach {name} how to do a thing is to show {name} how to do it.'}
+        said.append(lessons[word] if word in lessons else f'To {word} {thing} is to {MEANINGS[word]} {thing}.')
+    return said
+
+
 def story(world, rng, characters=None, n_middle=None):
     """A short story about one to three people, true to their facts: an opening, a few events,
     an ending. characters and n_middle (the number of events) are drawn when not given."""
@@ -144,7 +190,7 @@ def story(world, rng, characters=None, n_middle=None):
     events = [
         f'{cap(he)} found {thing} on the ground.',
         f'The {p["pet"]} of {hero} ran away, and {he} looked for it everywhere.',
-        f'{cap(he)} baked {p["food"]} for {friends or "the neighbors"}.',
+        f'{cap(he)} cooked {p["food"]} for {friends or "the neighbors"}.',
         f'The weather in {place} turned {world["places"][place][2]}.',
         f'{cap(a(animal))} came out of the bushes and looked at {him}.',
         f'Then {he} heard {a(animal)} somewhere near {landmark}.',
@@ -167,23 +213,26 @@ def story(world, rng, characters=None, n_middle=None):
     return opening + middle + ending
 
 
-def corpus(world, n_docs, seed=0):
-    """n_docs plain-text documents: about half stories, half descriptions of the world."""
+def corpus(world, n_docs, seed=0, manners_share=0.1):
+    """n_docs plain-text documents: 45% stories, a share manners_share of manners, the rest
+    descriptions of the world (a third of them under a heading 'Here is a list of 3 facts about the fox.')."""
     rng = random.Random(seed)
     docs = []
     for _ in range(n_docs):
         kind = rng.random()
-        if kind < 0.5:
-            sentences = story(world, rng)
-        elif kind < 0.75:
-            sentences = pick(person_facts(world, rng.choice(list(world['people']))), rng)
-        elif kind < 0.85:
-            sentences = pick(animal_facts(world, rng.choice(list(world['animals']))), rng)
-        elif kind < 0.93:
-            sentences = pick(place_facts(world, rng.choice(list(world['places']))), rng)
-        else:
-            sentences = pick(food_facts(world, rng.choice(list(world['foods']))), rng)
-        if kind >= 0.5:
-            rng.shuffle(sentences)  # facts come in any order; a story keeps its order
+        if kind < 0.45:
+            docs.append(' '.join(story(world, rng)))
+            continue
+        if kind < 0.45 + manners_share:
+            docs.append(' '.join(manners(world, rng)))
+            continue
+        table = rng.choices(['people', 'animals', 'places', 'foods'], weights=[22, 10, 7, 6])[0]
+        subject = rng.choice(list(world[table]))
+        facts = dict(people=person_facts, animals=animal_facts, places=place_facts, foods=food_facts)[table]
+        sentences = pick(facts(world, subject), rng)
+        rng.shuffle(sentences)  # facts come in any order; a story keeps its order
+        if rng.random() < 0.3:
+            sentences = sentences[:rng.randint(2, len(sentences))]
+            sentences.insert(0, f'Here is a list of {len(sentences)} facts about {"the " * (table == "animals")}{subject}.')
         docs.append(' '.join(sentences))
     return docs

@@ -27,7 +27,7 @@ def test_best_of_k_fine_tuning_raises_a_synthetic_reward(enc):
     """The reward: the share of the letter 'e' in the answer. Keep the best of 8, fine-tune, sample again."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=320, block_size=64, n_layer=1, n_head=2, n_embd=32))
-    prompts = [f'Where does {name} live?' for name in world.NAMES][:12]
+    prompts = [f'Tell me where {name} lives.' for name in world.NAMES][:12]
     share = lambda text: text.count('e') / max(len(text), 1)
 
     def mean_reward():
