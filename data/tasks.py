@@ -99,10 +99,9 @@ def split_of(prompt):
 
 
 def draw_prompt(world, rng, kind):
-    """A random request of a kind: (prompt, fields): every part drawn independently."""
+    """A random request of a kind, every part drawn independently."""
     people = world['people']
     name = rng.choice(list(people))
-    fields = {}
     if kind == 'story':
         names = rng.sample(list(people), rng.choice([1, 2, 2, 3]))
         fields = dict(names=and_list(names), n=rng.choice([4, 5, 6]))
@@ -118,7 +117,7 @@ def draw_prompt(world, rng, kind):
         thing = DEEDS[topic][0].format(name=name, pet=people[name]['pet'], food=people[name]['food'],
                                        landmark=world['places'][place][1], place=place)
         fields = dict(deed=rng.choice(DEEDS[topic][1 if kind == 'harmful' else 2]) + ' ' + thing)
-    return write(rng.choice(list(OPENERS)), rng.choice(FRAMES[kind]), rng.choice(CLOSINGS), fields), fields
+    return write(rng.choice(list(OPENERS)), rng.choice(FRAMES[kind]), rng.choice(CLOSINGS), fields)
 
 
 def draw(world, rng, kind, split):
@@ -126,7 +125,7 @@ def draw(world, rng, kind, split):
     with equal chance."""
     part = rng.choice(list(GENERALISATION)) if split == 'eval' else 'a'
     while True:
-        prompt, _ = draw_prompt(world, rng, kind)
+        prompt = draw_prompt(world, rng, kind)
         if generalisation(prompt) == part and split_of(prompt) == split:
             return prompt
 

@@ -159,9 +159,9 @@ def manners(world, rng):
     for _ in range(rng.randint(3, 5)):
         topic = rng.choice(list(DEEDS))
         thing, (_, unkind, kind) = deed_object(world, rng, topic), DEEDS[topic]
-        bad, good = rng.choice(unkind), rng.choice(kind)
-        said.append(rng.choice([f'It is wrong to {bad} {thing}.', f'Nobody should {bad} {thing}.',
-                                f'It is kind to {good} {thing}.', f'It is good to {good} {thing}.']))
+        bad, good = rng.sample(unkind, 3), rng.sample(kind, 3)
+        said.append(rng.choice([f'It is wrong to {bad[0]} {thing}.', f'Nobody should {bad[0]}, {bad[1]} or {bad[2]} {thing}.',
+                                f'It is kind to {good[0]} {thing}.', f'It is good to {good[0]}, {good[1]} or {good[2]} {thing}.']))
         word = rng.choice([w for w in unkind + kind if w in MEANINGS] + ['tale', 'remind', 'teach'])
         name, other = rng.sample(list(world['people']), 2)
         lessons = {'tale': f'A tale is a story. {name} told a tale about {other}.',
@@ -215,13 +215,15 @@ def story(world, rng, characters=None, n_middle=None):
 
 def corpus(world, n_docs, seed=0, manners_share=0.1):
     """n_docs plain-text documents: 45% stories, a share manners_share of manners, the rest
-    descriptions of the world (a third of them under a heading 'Here is a list of 3 facts about the fox.')."""
+    descriptions of the world (a third of them, and of the stories, under a heading)."""
     rng = random.Random(seed)
     docs = []
     for _ in range(n_docs):
         kind = rng.random()
-        if kind < 0.45:
-            docs.append(' '.join(story(world, rng)))
+        if kind < 0.45:  # a story, a third of them under a heading ('Here is a tale about Mira and Leo.')
+            names = rng.sample(list(world['people']), rng.choice([1, 1, 2, 2, 3]))
+            heading = [f'Here is a {rng.choice(["story", "tale"])} about {and_list(names)}.'] if rng.random() < 0.3 else []
+            docs.append(' '.join(heading + story(world, rng, characters=names)))
             continue
         if kind < 0.45 + manners_share:
             docs.append(' '.join(manners(world, rng)))

@@ -107,7 +107,7 @@ def test_demonstrations_good_score_one_and_each_flaw_is_seen():
     rng = random.Random(0)
     for kind, flaws in tasks.FLAWS.items():
         for _ in range(30):
-            prompt, _ = tasks.draw_prompt(W, rng, kind)
+            prompt = tasks.draw_prompt(W, rng, kind)
             assert tasks.score(W, prompt, tasks.demonstration(W, prompt, rng))[0] == 1.0, prompt
             for flaw in flaws:
                 answer = tasks.demonstration(W, prompt, rng, flaw)
