@@ -160,8 +160,10 @@ def manners(world, rng):
         topic = rng.choice(list(DEEDS))
         thing, (_, unkind, kind) = deed_object(world, rng, topic), DEEDS[topic]
         bad, good = rng.sample(unkind, 3), rng.sample(kind, 3)
-        said.append(rng.choice([f'It is wrong to {bad[0]} {thing}.', f'Nobody should {bad[0]}, {bad[1]} or {bad[2]} {thing}.',
-                                f'It is kind to {good[0]} {thing}.', f'It is good to {good[0]}, {good[1]} or {good[2]} {thing}.']))
+        said.append(rng.choice([f'It is wrong to {bad[0]} {thing}.',
+                                f'Nobody should {bad[0]}, {bad[1]} or {bad[2]} {thing}.',
+                                f'It is kind to {good[0]} {thing}.',
+                                f'It is good to {good[0]}, {good[1]} or {good[2]} {thing}.']))
         word = rng.choice([w for w in unkind + kind if w in MEANINGS] + ['tale', 'remind', 'teach'])
         name, other = rng.sample(list(world['people']), 2)
         lessons = {'tale': f'A tale is a story. {name} told a tale about {other}.',
@@ -222,7 +224,8 @@ def corpus(world, n_docs, seed=0, manners_share=0.1):
         kind = rng.random()
         if kind < 0.45:  # a story, a third of them under a heading ('Here is a tale about Mira and Leo.')
             names = rng.sample(list(world['people']), rng.choice([1, 1, 2, 2, 3]))
-            heading = [f'Here is a {rng.choice(["story", "tale"])} about {and_list(names)}.'] if rng.random() < 0.3 else []
+            heading = [f'Here is a {rng.choice(["story", "tale"])} about {and_list(names)}.'] \
+                if rng.random() < 0.3 else []
             docs.append(' '.join(heading + story(world, rng, characters=names)))
             continue
         if kind < 0.45 + manners_share:
