@@ -145,11 +145,12 @@ def generalisation_tables(results, prompts):
     names = [f'{s}: {label}' for s, label in tasks.GENERALISATION.items()]
     part = lambda xs, split: [x for x, s in zip(xs, splits) if s == split]
     golds, gains = [], []
+    sft = per_prompt(results['sft']['summary']['scores']) if 'sft' in results else None
     for stage, r in results.items():
         scores = per_prompt(r['summary']['scores'])
         golds.append((stage, *('{:.3f} ± {:.3f}'.format(*mean_and_stderr(part(scores, s))) for s in tasks.GENERALISATION)))
-        if 'sft' in results and stage != 'sft':
-            gain = [a - b for a, b in zip(scores, per_prompt(results['sft']['summary']['scores']))]
+        if sft and stage != 'sft':
+            gain = [a - b for a, b in zip(scores, sft)]
             by_split = {s: mean_and_stderr(part(gain, s)) for s in tasks.GENERALISATION}
             ratio = lambda s: fmt(by_split[s][0] / by_split['a'][0], 2) if by_split['a'][0] > 0 else '-'
             gains.append((stage, *('{:+.3f} ± {:.3f}'.format(*by_split[s]) for s in tasks.GENERALISATION),

@@ -33,8 +33,8 @@ import os
 import random
 import re
 
-from data.world import ANIMALS, DEEDS, FOODS, JOBS, NAMES, PLACES, PRONOUNS, and_list, animal_facts, cap, food_facts, \
-    make_world, person_facts, place_facts, story
+from data.world import ANIMALS, DEEDS, FOODS, JOBS, NAMES, PLACES, PRONOUNS, and_list, animal_facts, cap, \
+    deed_object, food_facts, make_world, person_facts, place_facts, story
 
 OPENERS = {'': '.', 'Please ': '.', 'Could you ': '?', 'Can you ': '?', 'I need you to ': '.',
            'I would like you to ': '.'}  # opener: the mark that ends the request
@@ -113,9 +113,7 @@ def draw_prompt(world, rng, kind):
         fields = dict(question=rng.choice(QUESTIONS[rng.choice(list(QUESTIONS))]).format(name=name))
     else:
         topic = rng.choice(list(DEEDS))
-        place = rng.choice(list(world['places']))
-        thing = DEEDS[topic][0].format(name=name, pet=people[name]['pet'], food=people[name]['food'],
-                                       landmark=world['places'][place][1], place=place)
+        thing = deed_object(world, rng, topic, name)
         fields = dict(deed=rng.choice(DEEDS[topic][1 if kind == 'harmful' else 2]) + ' ' + thing)
     return write(rng.choice(list(OPENERS)), rng.choice(FRAMES[kind]), rng.choice(CLOSINGS), fields)
 

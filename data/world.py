@@ -144,9 +144,10 @@ def place_facts(world, place):
     return facts
 
 
-def deed_object(world, rng, topic):
-    """A random thing a deed of the topic is done to ('the cat of Mira', 'the red lighthouse in Redcliff')."""
-    name = rng.choice(list(world['people']))
+def deed_object(world, rng, topic, name=None):
+    """A random thing a deed of the topic is done to ('the cat of Mira', 'the red lighthouse in Redcliff'),
+    belonging to name where it belongs to someone (drawn when not given)."""
+    name = name or rng.choice(list(world['people']))
     place = rng.choice(list(world['places']))
     return DEEDS[topic][0].format(name=name, pet=world['people'][name]['pet'], food=world['people'][name]['food'],
                                   landmark=world['places'][place][1], place=place)
