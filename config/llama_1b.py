@@ -2,7 +2,7 @@
 #   python data/corpus.py --name=c4 --shards=32     # ~5B tokens (10 GB download, ~24 GB of text)
 #   python data/prepare.py --text_files=out/data/raw/c4.txt --tokenizer=gpt2 --out_dir=out/data/c4
 #   torchrun --nproc_per_node=8 pretrain.py config/llama_1b.py
-# (prepare.py holds all the text in memory, a few times its size: a machine with ~100 GB of RAM.)
+# (prepare.py streams the text: a few hundred MB of RAM, and num_proc processes tokenize it.)
 #
 # Parameters, 1,013,786,624 (GPT(GPTConfig(...)).num_params()): per layer attention qkv + proj without
 # biases 4 x 2048^2 = 16,777,216, SwiGLU gate, up, down with hidden 64 * ceil(8 * 2048 / 3 / 64) = 5504:

@@ -8,10 +8,21 @@ pretrain.py memory-maps) and meta.json; for the world also sft.jsonl, the demons
 
 Documents are separated by <|endoftext|>. In a text file, a line holding only <|endoftext|>
 ends a document (as in TinyStories); without such lines the whole file is one document.
+
+Text files are streamed, so a corpus of any size fits in memory: they are read line by line, one
+document at a time; the BPE trains on the first bpe_train_chars characters only; num_proc worker
+processes tokenize chunks of about CHUNK_CHARS characters, at most two chunks per worker in
+flight, and their tokens are appended to train.bin.tmp in the documents' order. At the end the
+last val_fraction of the tokens is copied to val.bin and cut off train.bin. What stays in memory
+is one document (a whole file, where it has no <|endoftext|> lines), those chunks and the BPE
+sample, however large the corpus. (The world is small: its documents are generated in a list.)
 """
+import collections
 import json
+import multiprocessing
 import os
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -21,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import model                   # noqa: E402
 from data import bpe, tasks, world    # noqa: E402
 
+CHUNK_CHARS = 1_000_000    # about this many characters of documents per task sent to a worker
 # -----------------------------------------------------------------------------
 text_files = ''            # comma-separated UTF-8 files; empty: generate the tiny world
 tokenizer = 'bpe'          # 'bpe': train the project's own on the text; 'gpt2': tiktoken's (a download)
@@ -32,36 +44,124 @@ manners = 0.1              # world only: the share of documents on right and wro
 n_demos = 4000             # world only: SFT demonstrations written to sft.jsonl (data/tasks.py)
 flaw_rate = 0.4            # world only: the share of demonstrations with a flaw the gold judge sees
 val_fraction = 0.05        # the last share of the tokens is the validation set
+num_proc = os.cpu_count() or 1  # processes that tokenize
 out_dir = 'out/data/world'
 # -----------------------------------------------------------------------------
 
 
 def read_documents(paths):
-    """The documents of UTF-8 text files (data/corpus.py reads text with this too): a line holding
-    only <|endoftext|> ends a document; a file without such lines is one. A BOM and CRLF line ends
-    are allowed; a byte that is not UTF-8 stops the script with its file and line."""
-    docs = []
-    for path in paths:
+    """Yields the documents of UTF-8 text files one by one, reading line by line (data/corpus.py
+    reads text with this too): a line holding only <|endoftext|> ends a document; a file without
+    such lines is one. A BOM and CRLF line ends are allowed; a byte that is not UTF-8 stops the
+    script with its file and line. Only the current document is held, so a file that is one huge
+    document is held whole (tiny Shakespeare's 1 MB is; a corpus of many documents never is)."""
+    for path in paths:  # all of them before any work is done
         if not os.path.isfile(path):
             sys.exit(f'error: {path} not found')
+    for path in paths:
         with open(path, 'rb') as f:
-            raw = f.read().removeprefix(b'\xef\xbb\xbf')  # (the BOM holds no newline: line numbers stay right)
-        try:
-            text = raw.decode('utf-8').replace('\r\n', '\n')
-        except UnicodeDecodeError as e:
-            line = raw[:e.start].count(b'\n') + 1
-            sys.exit(f'error: {path}:{line}: not UTF-8 text ({e.reason})')
-        docs += [d.strip() for d in re.split(r'^[ \t]*<\|endoftext\|>[ \t]*$', text, flags=re.M) if d.strip()]
-    return docs
+            lines = []
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode('utf-8-sig' if n == 1 else 'utf-8').replace('\r\n', '\n')
+                except UnicodeDecodeError as e:
+                    sys.exit(f'error: {path}:{n}: not UTF-8 text ({e.reason})')
+                if line.rstrip('\n').strip(' \t') == '<|endoftext|>':
+                    if doc := ''.join(lines).strip():
+                        yield doc
+                    lines = []
+                else:
+                    lines.append(line)
+            if doc := ''.join(lines).strip():  # (the file's last document, or its only one)
+                yield doc
+
+
+def bpe_sample(docs, n_chars):
+    """The first n_chars characters of the documents joined by newlines, reading no document more
+    than it needs."""
+    parts, size = [], 0
+    for doc in docs:
+        parts.append(doc)
+        size += len(doc) + 1
+        if size > n_chars:  # (at n_chars, whether the sample ends in a newline depends on a next document)
+            break
+    return '\n'.join(parts)[:n_chars]
+
+
+def chunks_of(docs, n_chars):
+    """The documents in lists of about n_chars characters: the tasks of the tokenizing workers."""
+    chunk, size = [], 0
+    for doc in docs:
+        chunk.append(doc)
+        size += len(doc)
+        if size >= n_chars:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def token_dtype(enc):
+    return np.uint16 if enc.n_vocab <= 2**16 else np.uint32  # uint16 holds ids below 65,536 only
+
+
+def start_worker(tok_path):
+    """Loads the tokenizer once in each worker process, not once per chunk sent to it."""
+    global worker_enc
+    worker_enc = model.load_tokenizer(tok_path)
+
+
+def encode_chunk(docs):
+    """(tokens, documents, words) of a list of documents: their token ids in one array, each
+    document's after an <|endoftext|> (special-token text in a document stays text)."""
+    eot = worker_enc.encode_single_token('<|endoftext|>')
+    ids = []
+    for doc in docs:
+        ids.append(eot)
+        ids += worker_enc.encode_ordinary(doc)
+    return np.array(ids, dtype=token_dtype(worker_enc)), len(docs), sum(len(doc.split()) for doc in docs)
+
+
+def encoded_chunks(chunks, tok_path, num_proc):
+    """encode_chunk of each chunk, in order, run by num_proc worker processes with at most two
+    chunks per worker in flight, so memory stays bounded whatever the corpus. (Not Pool.imap: it
+    reads the chunks in a thread of its own, where a bad file's sys.exit would be lost.)"""
+    with multiprocessing.Pool(num_proc, start_worker, (tok_path,)) as pool:
+        in_flight = collections.deque()
+        for chunk in chunks:
+            in_flight.append(pool.apply_async(encode_chunk, (chunk,)))
+            if len(in_flight) == 2 * num_proc:
+                yield in_flight.popleft().get()
+        while in_flight:
+            yield in_flight.popleft().get()
+
+
+def write_tokens(docs, tok_path, path, num_proc):
+    """Appends the tokens of the documents to the file at path as they come from the workers;
+    returns the counts of documents, tokens and words."""
+    n_docs = n_tokens = n_words = 0
+    with open(path, 'wb') as f, tqdm(desc='tokenizing', unit=' docs', unit_scale=True) as bar:
+        for tokens, docs_in_chunk, words in encoded_chunks(chunks_of(docs, CHUNK_CHARS), tok_path, num_proc):
+            tokens.tofile(f)
+            n_docs, n_tokens, n_words = n_docs + docs_in_chunk, n_tokens + len(tokens), n_words + words
+            bar.update(docs_in_chunk)
+    return n_docs, n_tokens, n_words
+
+
+def move_tail(src_path, dst_path, n_bytes):
+    """Moves the last n_bytes of one file into a new file, in blocks (the tail may be gigabytes)."""
+    keep = os.path.getsize(src_path) - n_bytes
+    with open(src_path, 'rb') as src, open(dst_path, 'wb') as dst:
+        src.seek(keep)
+        shutil.copyfileobj(src, dst, 1 << 24)
+    os.truncate(src_path, keep)
 
 
 def main():
     config = model.configure(globals())
     os.makedirs(out_dir, exist_ok=True)
     if text_files:
-        docs = read_documents(text_files.split(','))
-        if not docs:
-            sys.exit(f'error: {text_files}: no text')
+        paths = text_files.split(',')
     elif not 0 <= manners <= 0.55:
         sys.exit(f'error: manners must be between 0 and 0.55 (the stories take 0.45), not {manners}')
     else:
@@ -73,38 +173,45 @@ def main():
             f.writelines(json.dumps(dict(messages=messages)) + '\n' for messages in demos)
         os.replace(os.path.join(out_dir, 'sft.jsonl.tmp'), os.path.join(out_dir, 'sft.jsonl'))
         print(f'{n_demos:,} demonstrations ({flaw_rate:.0%} with a flaw) in {out_dir}/sft.jsonl')
-
-    if tokenizer == 'bpe':
-        if not 256 <= vocab_size <= 2**16 - len(model.SPECIAL_TOKENS):
-            sys.exit(f'error: vocab_size must be between 256 (the bytes) and {2**16 - len(model.SPECIAL_TOKENS)}')
-        tok_path = os.path.join(out_dir, 'tokenizer.bpe')
-        sample = '\n'.join(docs)[:bpe_train_chars]
-        bpe.save_bpe(tok_path, bpe.train_bpe(sample, vocab_size, model.SPLIT_PATTERN))
-    elif tokenizer == 'gpt2':
-        tok_path = 'gpt2'
-    else:
+    if tokenizer == 'bpe' and not 256 <= vocab_size <= 2**16 - len(model.SPECIAL_TOKENS):
+        sys.exit(f'error: vocab_size must be between 256 (the bytes) and {2**16 - len(model.SPECIAL_TOKENS)}')
+    if tokenizer not in ('bpe', 'gpt2'):
         sys.exit(f"error: tokenizer must be 'bpe' or 'gpt2', not {tokenizer!r}")
-    enc = model.load_tokenizer(tok_path)
-    eot = enc.encode_single_token('<|endoftext|>')
-    dtype = np.uint16 if enc.n_vocab <= 2**16 else np.uint32  # uint16 holds ids below 65,536 only
+    if num_proc < 1:
+        sys.exit(f'error: num_proc must be at least 1, not {num_proc}')
 
-    chunks = []
-    for i in tqdm(range(0, len(docs), 1000), desc='tokenizing'):  # special-token text in a document stays text
-        for ids in enc.encode_ordinary_batch(docs[i:i + 1000]):
-            chunks.append(np.array([eot] + ids, dtype=dtype))
-    tokens = np.concatenate(chunks)
-    n_val = max(1, int(len(tokens) * val_fraction))
-    for split, arr in (('train', tokens[:-n_val]), ('val', tokens[-n_val:])):
-        path = os.path.join(out_dir, f'{split}.bin')
-        arr.tofile(path + '.tmp')
+    # Everything is written to .tmp files first, and they replace the old files only at the end: a
+    # bad byte deep in the text stops the script with the old tokenizer, tokens and meta untouched.
+    tok_path = os.path.join(out_dir, 'tokenizer.bpe') if tokenizer == 'bpe' else 'gpt2'
+    tok_file = tok_path + '.tmp' if tokenizer == 'bpe' else tok_path  # the tokenizer loads from here until the end
+    train_path, val_path, meta_path = (os.path.join(out_dir, name) for name in ('train.bin', 'val.bin', 'meta.json'))
+    outputs = [train_path, val_path, meta_path] + ([tok_path] if tokenizer == 'bpe' else [])
+    try:
+        if tokenizer == 'bpe':  # (a fresh read_documents reads the files from their start again below)
+            sample = bpe_sample(read_documents(paths) if text_files else docs, bpe_train_chars)
+            bpe.save_bpe(tok_file, bpe.train_bpe(sample, vocab_size, model.SPLIT_PATTERN))
+            del sample  # (its memory is not needed while tokenizing)
+        enc = model.load_tokenizer(tok_file)
+        dtype = token_dtype(enc)
+        documents, n_tokens, words = write_tokens(read_documents(paths) if text_files else docs, tok_file,
+                                                  train_path + '.tmp', num_proc)
+        if not documents:
+            sys.exit(f'error: {text_files}: no text')
+        n_val = max(1, int(n_tokens * val_fraction))
+        move_tail(train_path + '.tmp', val_path + '.tmp', n_val * np.dtype(dtype).itemsize)
+        meta = dict(tokenizer=tok_path, vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name,
+                    train_tokens=n_tokens - n_val, val_tokens=n_val, documents=documents, config=config)
+        with open(meta_path + '.tmp', 'w') as f:
+            json.dump(meta, f, indent=1)
+    except BaseException:
+        for path in outputs:
+            if os.path.exists(path + '.tmp'):
+                os.remove(path + '.tmp')
+        raise
+    for path in outputs:
         os.replace(path + '.tmp', path)
-    meta = dict(tokenizer=tok_path, vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name,
-                train_tokens=len(tokens) - n_val, val_tokens=n_val, documents=len(docs), config=config)
-    with open(os.path.join(out_dir, 'meta.json'), 'w') as f:
-        json.dump(meta, f, indent=1)
-    words = sum(len(d.split()) for d in docs)
-    print(f'{out_dir}: {len(tokens) - n_val:,} train and {n_val:,} val tokens ({np.dtype(dtype).name}), '
-          f'vocab {enc.n_vocab:,} ({tok_path}), {len(tokens) / words:.2f} tokens per word')
+    print(f'{out_dir}: {n_tokens - n_val:,} train and {n_val:,} val tokens ({np.dtype(dtype).name}), '
+          f'vocab {enc.n_vocab:,} ({tok_path}), {n_tokens / words:.2f} tokens per word')
 
 
 if __name__ == '__main__':
