@@ -9,12 +9,22 @@ labels. Reads out/sft and out/reward's rankings, writes out/dpo/ckpt.pt.
   python dpo.py --beta=0.3          # a stronger pull toward SFT (exercise: sweep it, watch KL and gold)
   python dpo.py --loss=ipo          # IPO (Azar et al. 2023): the margin regressed to 1/(2 beta)
 
+Killed (kill -9, a lost machine), the same command run again goes on from its last checkpoint (every
+ckpt_interval steps and before the final evaluation) and ends as the run would have without the kill.
+
 beta * (log pi(y|x) - log pi_ref(y|x)) is DPO's implicit reward of an answer (section 5 of the
 paper). Held out (out/reward/eval_rankings.jsonl, the RM's held-out rankings) it is measured as the
 RM is: the share of pairs it orders as the labels do, and as the gold judge does. Over training the
 log also follows the chosen and rejected answers' log-probabilities: both usually fall, the
 rejected faster. At the end the policy answers the world's held-out prompts: the gold judge scores
 them (as sft.py does), and log pi - log pi_ref of those answers estimates its KL to SFT.
+
+On real data (run.sh with DATA=real) the rankings are data/hh_rlhf.py's proxy half and its held-out pairs,
+which carry no gold scores: the log has the accuracy against the labels only, and report.py's judge RM
+measures the policy.
+
+  python dpo.py --init_from=out/real/sft --ref_from=out/real/sft --out_dir=out/real/dpo \
+      --rankings=out/real/data/hh_rlhf/rankings.jsonl --eval_rankings=out/real/data/hh_rlhf/eval_rankings.jsonl
 """
 import json
 import os
@@ -28,8 +38,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import tasks
-from model import (all_gather, all_mean, answer_text, configure, load_checkpoint, load_tokenizer, lr_at, make_optimizer,
-                   read_jsonl, sample_answers, save_checkpoint, setup, teardown)
+from model import (all_gather, all_mean, answer_text, configure, input_stamps, keep_metrics, load_checkpoint, load_tokenizer,
+                   lr_at, make_optimizer, read_jsonl, resumable, rng_states, sample_answers, save_checkpoint, set_rng_states,
+                   setup, teardown)
 from reward import is_ranking
 from sft import batches, collate, tokenize
 
@@ -53,6 +64,7 @@ warmup_iters = 10
 weight_decay = 0.0
 grad_clip = 1.0
 eval_interval = 32            # held-out implicit-reward accuracy and gold score every this many steps
+ckpt_interval = 16            # a checkpoint every this many steps: a killed run, started again, goes on from it
 # system
 device = 'auto'
 dtype = 'auto'
@@ -87,11 +99,12 @@ def pairs(sizes, device='cpu'):
 
 def pair_accuracy(h, gold_diff):
     """The share of pairs the implicit reward orders as the label does (h > 0; a tie counts half),
-    and as the gold judge does (gold_diff = gold(better) - gold(worse); only pairs whose gold differs)."""
+    and as the gold judge does (gold_diff = gold(better) - gold(worse); only pairs whose gold differs;
+    None if there are none, as in rankings without gold scores)."""
     label = ((h > 0).float() + 0.5 * (h == 0).float()).mean().item()
     differ = gold_diff != 0
     agree = torch.where(h == 0, 0.5, ((h > 0) == (gold_diff > 0)).float())[differ]
-    return label, agree.mean().item() if differ.any() else float('nan')
+    return label, agree.mean().item() if differ.any() else None
 
 
 def sequence_logprobs(model, examples, device, chunk=16):
@@ -123,23 +136,35 @@ def conversations(enc, rows, block_size):
                     block_size)
 
 
+def vs_gold(acc_gold):
+    return '' if acc_gold is None else f', {acc_gold:.1%} vs gold'
+
+
 def main():
     config = configure(globals())
     if loss not in ('dpo', 'ipo') or beta <= 0:
         sys.exit(f'error: --loss must be dpo or ipo (got {loss!r}) and --beta above 0 (got {beta})')
+    if eval_interval < 1 or ckpt_interval < 0:
+        sys.exit(f'error: --eval_interval must be at least 1 (got {eval_interval}) and --ckpt_interval at least 0 '
+                 f'(got {ckpt_interval}; 0: a checkpoint only before the final evaluation)')
     rank, world_size, dev, autocast = setup(device, dtype, seed)
     master = rank == 0
     policy, ckpt = load_checkpoint(os.path.join(init_from, 'ckpt.pt'), 'python sft.py', dev, scalar_head=False)
     ref, _ = load_checkpoint(os.path.join(ref_from, 'ckpt.pt'), 'python sft.py', dev, scalar_head=False)
     ref.eval().requires_grad_(False)
     enc = load_tokenizer(ckpt['tokenizer'])
-    for path in filter(None, (rankings + ',' + eval_rankings).split(',')):
+    ranking_files = [path for path in (rankings + ',' + eval_rankings).split(',') if path]
+    for path in ranking_files:
         if path.startswith('out/reward/') and not os.path.exists(path):
             sys.exit(f'error: {path} not found: run python reward.py first')
     train_rows = read_jsonl(rankings, is_ranking, '{"prompt": ..., "answers": [best, ..., worst]}')
     eval_rows = read_jsonl(eval_rankings, is_ranking, '{"prompt": ..., "answers": [...], "gold": [...]}')
     if not train_rows:
         sys.exit(f'error: {rankings}: no rankings to learn from')
+    inputs = [os.path.join(init_from, 'ckpt.pt'), os.path.join(ref_from, 'ckpt.pt')] + ranking_files
+    resumed = resumable(out_dir, config, inputs, dev)  # a killed run of this command: go on from its checkpoint
+    if resumed:
+        policy.load_state_dict(resumed['model'])
     block_size = policy.config.block_size
     train_sets = [conversations(enc, [r], block_size) for r in train_rows]  # the answers of each prompt
     eval_set = conversations(enc, eval_rows, block_size)
@@ -155,12 +180,15 @@ def main():
     mine = all_logprobs(ref, [e for s in train_sets[lo:hi] for e in s], autocast, dev).tolist()
     ref_train = torch.tensor(all_gather(mine), device=dev).split([len(s) for s in train_sets])
     ref_eval = all_logprobs(ref, eval_set, autocast, dev)
+    start = resumed['iter_num'] if resumed else 0
     if master:
         os.makedirs(out_dir, exist_ok=True)
-        open(os.path.join(out_dir, 'metrics.jsonl'), 'w').close()
+        keep_metrics(os.path.join(out_dir, 'metrics.jsonl'), start)
         print(f'{len(train_rows)} rankings ({sum(map(len, train_sets))} answers, '
               f'{sum(len(s) * (len(s) - 1) // 2 for s in train_sets)} pairs) from {rankings}; {len(eval_rows)} held out; '
               f'reference log-probs in {time.time() - t0:.0f} s')
+        if resumed:
+            print(f'resuming at iteration {start}')
 
     def log(**row):
         if master:
@@ -179,7 +207,7 @@ def main():
         row = dict(iter=it, acc_label=acc_label, acc_gold=acc_gold, chosen_logp=logp[better].mean().item(),
                    rejected_logp=logp[worse].mean().item(), margin=beta * h.mean().item())
         if master:
-            tqdm.write(f'iter {it}: held-out implicit-reward accuracy {acc_label:.1%} vs labels, {acc_gold:.1%} vs gold; '
+            tqdm.write(f'iter {it}: held-out implicit-reward accuracy {acc_label:.1%} vs labels{vs_gold(acc_gold)}; '
                        f'log-probs chosen {row["chosen_logp"]:.2f}, rejected {row["rejected_logp"]:.2f}')
         log(kind='implicit', **row)
         return row
@@ -217,8 +245,29 @@ def main():
     lengths = [max(len(x) for x, _ in s) for s in train_sets]
     n_batches, epoch_batches = max(1, len(train_sets) // batch_size), {}
     iters = max(1, int(epochs * n_batches) // world_size)
-    first = evaluate(0)
-    bar = tqdm(range(iters), desc=loss, disable=not master, dynamic_ncols=True)
+    meta = dict(config=config, tokenizer=ckpt['tokenizer'], stage='dpo', data_dir=data_dir,
+                answers_sampled=0)  # (it learns from the RM's ranked answers only)
+
+    if resumed:
+        optimizer.load_state_dict(resumed['optimizer'])
+        set_rng_states(resumed['rng'])
+        first, t0 = resumed['first'], t0 - resumed['train_time']
+    else:
+        first = evaluate(0)
+
+    def save(it):
+        """What a killed run needs to go on at step it: weights, optimizer, random state (the sampling's)."""
+        rng = rng_states()
+        if master:
+            save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), policy, **meta, iter_num=it, finished=False,
+                            inputs=input_stamps(inputs), optimizer=optimizer.state_dict(), rng=rng, first=first,
+                            train_time=time.time() - t0)
+
+    if resumed and start % eval_interval == 0 and start < iters:  # killed during that evaluation: again
+        evaluate(start)
+        judge(start)
+    # the batches of a step depend only on its number: a resumed run sees the data in the same order
+    bar = tqdm(range(start, iters), initial=start, total=iters, desc=loss, disable=not master, dynamic_ncols=True)
     for it in bar:
         number = it * world_size + rank  # this rank's batch, counted over all ranks
         epoch = number // n_batches
@@ -243,24 +292,23 @@ def main():
                        rejected_logp=all_mean(logp[worse].mean().detach()), acc=all_mean((h > 0).float().mean()))
             log(kind='train', **row)
             bar.set_postfix(loss=f'{row["loss"]:.3f}', acc=f'{row["acc"]:.2f}')
+        if (ckpt_interval and (it + 1) % ckpt_interval == 0) or it + 1 == iters:  # before that step's evaluation: a kill in it repeats it
+            save(it + 1)
         if (it + 1) % eval_interval == 0 and it + 1 < iters:
             evaluate(it + 1)
             judge(it + 1)
     last = evaluate(iters)
-    meta = dict(config=config, tokenizer=ckpt['tokenizer'], stage='dpo', data_dir=data_dir, iter_num=iters,
-                answers_sampled=0)  # (it learns from the RM's ranked answers only)
-    if master:  # saved before the long evaluation, then again with its result
-        save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), policy, **meta)
     metrics = dict(implicit=last, **judge(iters))
     summary = metrics.pop('summary', None)
-    if master:
-        save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), policy, **meta, metrics=metrics, train_time=time.time() - t0)
+    if master:  # the finished checkpoint, which later stages can load
+        save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), policy, **meta, iter_num=iters, metrics=metrics,
+                        train_time=time.time() - t0)
         if summary:
             print(f'{loss} (beta {beta}): held-out ' + tasks.report(summary)
                   + f'\n  KL to SFT {metrics["kl"]:.2f} nats per answer (sampled), length {metrics["length"]:.0f} tokens')
         if last:
-            print(f'held-out implicit-reward accuracy {first["acc_label"]:.1%} -> {last["acc_label"]:.1%} vs labels, '
-                  f'{last["acc_gold"]:.1%} vs gold; log-probs chosen {first["chosen_logp"]:.2f} -> {last["chosen_logp"]:.2f}, '
+            print(f'held-out implicit-reward accuracy {first["acc_label"]:.1%} -> {last["acc_label"]:.1%} vs labels'
+                  f'{vs_gold(last["acc_gold"])}; log-probs chosen {first["chosen_logp"]:.2f} -> {last["chosen_logp"]:.2f}, '
                   f'rejected {first["rejected_logp"]:.2f} -> {last["rejected_logp"]:.2f}')
         print(f'checkpoint {out_dir}/ckpt.pt ({time.time() - t0:.0f} s)')
     teardown()

@@ -490,6 +490,59 @@ def save_checkpoint(path, model, **extra):
     os.replace(path + '.tmp', path)
 
 
+def input_stamps(paths):
+    """{path: [size, modification time]} of the checkpoints a run reads: a resumed run must read the same."""
+    return {path: [os.path.getsize(path), os.stat(path).st_mtime_ns] for path in paths}
+
+
+def resumable(out_dir, config, inputs, device='cpu'):
+    """The checkpoint that a killed run of this stage left in out_dir/ckpt.pt, to continue from, or
+    None (start over): there is none, it is from a finished run, or from a run with another config or
+    other input checkpoints (inputs: their paths). Saved with finished=False, config=config and
+    inputs=input_stamps(inputs), it holds what the stage needs to go on (weights, optimizer, step, RNG)."""
+    path = os.path.join(out_dir, 'ckpt.pt')
+    if not os.path.exists(path):
+        return None
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        sys.exit(f'error: {path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]}); delete it to start over')
+    if ckpt.get('finished', True):
+        return None
+    changed = [k for k in config if ckpt['config'].get(k) != config[k]]
+    if changed or ckpt['inputs'] != input_stamps(inputs):
+        why = ', '.join(f'{k} was {ckpt["config"].get(k)!r}' for k in changed) or 'its input checkpoints changed since'
+        print(f'{path}: an unfinished run with other inputs ({why}): starting over')
+        return None
+    return ckpt
+
+
+def keep_metrics(path, start):
+    """Keeps the rows of the metrics log that a run resumed at iteration `start` will not write again
+    (all of them are dropped when start is 0). A line cut short by a kill has no newline: dropped."""
+    rows = []
+    if start and os.path.exists(path):
+        with open(path) as f:
+            rows = [line for line in f if line.endswith('\n') and json.loads(line)['iter'] < start]
+    with open(path, 'w') as f:
+        f.writelines(rows)
+
+
+def rng_states():
+    """Every rank's random state (the CPU's and, on CUDA, the GPU's), for a checkpoint: a resumed run
+    then draws the same numbers as the run that was killed."""
+    return all_gather([dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if torch.cuda.is_available() else None)])
+
+
+def set_rng_states(states):
+    """Restores this rank's random state from rng_states() (with another number of ranks: left as seeded)."""
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if len(states) == world_size:
+        torch.set_rng_state(states[rank]['cpu'].cpu())  # (a checkpoint loaded onto a GPU put them there)
+        if states[rank]['cuda'] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(states[rank]['cuda'].cpu())
+
+
 def load_checkpoint(path, made_by, device='cpu', scalar_head=None):
     """Loads out/<stage>/ckpt.pt (data only: weights_only=True). Returns (model, ckpt).
     made_by: the command that writes this checkpoint, named in the error when it is missing.
@@ -499,6 +552,8 @@ def load_checkpoint(path, made_by, device='cpu', scalar_head=None):
         sys.exit(f'error: {path} not found: run {made_by} first')
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
+        if ckpt.get('finished') is False:  # (pretrain.py's checkpoints, usable at every step, carry no such flag)
+            sys.exit(f'error: {path} is from a run that has not finished (killed?): run {made_by} again, it continues')
         args = dict(ckpt['model_args'], **({} if scalar_head is None else dict(scalar_head=scalar_head)))
         model = GPT(GPTConfig(**args))
         state = {k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()}

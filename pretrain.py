@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from model import (GPT, GPTConfig, all_mean, configure, flops_per_token, load_checkpoint, load_tokenizer,
+from model import (GPT, GPTConfig, all_mean, configure, flops_per_token, keep_metrics, load_checkpoint, load_tokenizer,
                    lr_at, make_optimizer, peak_flops, raw_model, save_checkpoint, setup, teardown)
 
 # ----------------------------------------------------------------------------- config
@@ -108,13 +108,7 @@ def main():
         print(f'{model.num_params() / 1e6:.2f}M parameters, {world_size} process(es) on {dev}, '
               f'{tokens_per_iter:,} tokens per iteration'
               + (f', resuming at iteration {start_iter}' if start_iter else ''))
-        metrics_path = os.path.join(out_dir, 'metrics.jsonl')  # keep only what the resumed run will not redo
-        rows = []
-        if start_iter and os.path.exists(metrics_path):
-            with open(metrics_path) as f:  # (a line cut short by a kill has no newline)
-                rows = [line for line in f if line.endswith('\n') and json.loads(line)['iter'] < start_iter]
-        with open(metrics_path, 'w') as f:
-            f.writelines(rows)
+        keep_metrics(os.path.join(out_dir, 'metrics.jsonl'), start_iter)  # what the resumed run will not write again
     if compile and dev.startswith('cuda'):
         model = torch.compile(model)
     ddp = dist.is_initialized()

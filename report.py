@@ -20,6 +20,19 @@ counted: they are the shared labels); the stage's wall time (out/stage_times.jso
 the checkpoint's train_time). After the criteria, a row follows a reward hack: how often each checkpoint
 refuses a harmless request with a reason. The frontier picture draws gold against sqrt(KL to SFT) for every
 method, the shape Gao et al. 2022 fit: PPO and GRPO/RLOO over iterations, best-of-K over K, DPO over its epochs.
+
+A chain of real data (run.sh with DATA=real) has no gold judge. Its held-out prompts come from a file
+(--prompt_file, data/hh_rlhf.py's eval_prompts.jsonl), and a judge reward model scores the answers: one
+trained on the half of the preference data that no stage saw (the proxy/gold split of Gao et al. 2022;
+--judge_model, out_dir/judge). Its card has a row per checkpoint: the judge's raw score ± its standard error
+over prompts; the win rate against SFT by the judge (per prompt and sample index, 1 if the judge scores the
+answer above SFT's answer, 0.5 if equal, 0 if below; ± its standard error over prompts); the proxy RM's score,
+KL to SFT, length, answers sampled and time as above; then both RMs' accuracy on held-out ranked pairs
+(--eval_rankings) and the answers side by side.
+
+A checkpoint's answers and scores are kept in out_dir/report/<stage>.json, with what they depend on (the
+checkpoints read, by size and modification time, and the settings): run again after a kill, or with a new
+stage, and the checkpoints answered before are not asked again.
 """
 import json
 import math
@@ -32,8 +45,10 @@ import torch.distributed as dist
 
 from bestofk import answer_logprob
 from data import tasks
-from model import all_gather, answer_text, configure, load_checkpoint, load_tokenizer, sample_answers, setup, teardown
-from reward import answer_rewards
+from data.hh_rlhf import read_prompts
+from model import (all_gather, answer_text, configure, input_stamps, load_checkpoint, load_tokenizer, read_jsonl,
+                   sample_answers, setup, teardown)
+from reward import answer_rewards, is_ranking
 
 # ----------------------------------------------------------------------------- config
 out_dir = 'out'               # reads out_dir/<stage>/ckpt.pt, writes out_dir/report.md and out_dir/report_*.png
@@ -44,6 +59,10 @@ samples = 8                   # answers per prompt and checkpoint
 max_new_tokens = 128
 temperature = 1.0
 n_examples = 5                # prompts shown with each checkpoint's answer side by side
+# a model not trained on the world (no gold judge)
+prompt_file = ''              # the held-out prompts, JSONL of {"prompt": "text"} (data/hh_rlhf.py's eval_prompts.jsonl)
+judge_model = ''              # the judge RM that scores every stage, trained on data no stage saw; '': out_dir/judge
+eval_rankings = ''            # held-out ranked pairs (reward.py's format): both RMs' accuracy on them; '': none
 # system
 device = 'auto'
 dtype = 'auto'
@@ -73,6 +92,10 @@ def rm_path():
     return os.path.join(reward_model or os.path.join(out_dir, 'reward'), 'ckpt.pt')
 
 
+def judge_path():
+    return os.path.join(judge_model or os.path.join(out_dir, 'judge'), 'ckpt.pt')
+
+
 def read_metrics(stage):
     """ckpt['metrics'] of out_dir/<stage>/ckpt.pt ({} if there is none)."""
     path = Path(out_dir, stage, 'ckpt.pt')
@@ -87,26 +110,63 @@ def read_log(stage):
 
 
 @torch.no_grad()
-def evaluate(model, sft, rm, enc, world, prompts, autocast, dev, desc):
+def rm_scores(rm, enc, pairs, autocast, dev):
+    """A reward model's raw score of each (prompt, answer), 64 at a time."""
+    scores = []
+    for i in range(0, len(pairs), 64):
+        with autocast:
+            scores += answer_rewards(rm, enc, pairs[i:i + 64], dev).float().tolist()
+    return scores
+
+
+@torch.no_grad()
+def evaluate(model, sft, rm, judge, enc, world, prompts, autocast, dev, desc):
     """One checkpoint's answers to the prompts (each rank a share, gathered in prompt order), judged: a dict of
-    the gold judge's summary, the mean RM score, KL to SFT and length, and the answers."""
+    the gold judge's summary (None without a world), the judge RM's score of every answer (None without
+    one), the mean RM score, KL to SFT and length, and the answers."""
     rank, size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     mine = prompts[rank::size]
     with autocast:
         tokens = sample_answers(model.eval(), enc, mine, max_new_tokens, temperature, progress=desc if rank == 0 else None)
     ended = [t[-1:] == [enc.encode_single_token('<|end|>')] for t in tokens]
     pairs = [(p, answer_text(enc, t)) for p, t in zip(mine, tokens)]
-    rewards = [None] * len(pairs)
-    for i in range(0, len(pairs) if rm is not None else 0, 64):  # (an answer that never ended has no RM score)
-        with autocast:
-            scores = answer_rewards(rm, enc, pairs[i:i + 64], dev).float().tolist()
-        rewards[i:i + 64] = [r if e else None for r, e in zip(scores, ended[i:i + 64])]
+    rewards = rm_scores(rm, enc, pairs, autocast, dev) if rm is not None else [None] * len(pairs)
+    rewards = [r if e else None for r, e in zip(rewards, ended)]  # (an answer that never ended has no RM score)
+    judged = rm_scores(judge, enc, pairs, autocast, dev) if judge is not None else [None] * len(pairs)  # (as gold: all)
     kls = [a - b for a, b in zip(answer_logprob(model, enc, pairs, autocast, dev),
                                  answer_logprob(sft, enc, pairs, autocast, dev))]
-    rows = sorted(all_gather(zip(range(rank, len(prompts), size), pairs, ended, rewards, kls, map(len, tokens))))
+    rows = sorted(all_gather(zip(range(rank, len(prompts), size), pairs, ended, rewards, kls, map(len, tokens), judged)))
     answers = [row[1][1] for row in rows]
-    return dict(summary=tasks.summarize(world, prompts, answers), answers=answers, ended=[row[2] for row in rows],
-                rm=mean(row[3] for row in rows), kl=mean(row[4] for row in rows), length=mean(row[5] for row in rows))
+    return dict(summary=tasks.summarize(world, prompts, answers) if world else None, answers=answers,
+                ended=[row[2] for row in rows], rm=mean(row[3] for row in rows), kl=mean(row[4] for row in rows),
+                length=mean(row[5] for row in rows), judge=[row[6] for row in rows] if judge is not None else None)
+
+
+def cache_key(config, stage, world_size):
+    """What a checkpoint's answers and scores depend on: the checkpoints and prompt file read (size and
+    modification time), the settings that change what is sampled or scored, the number of processes."""
+    paths = [os.path.join(out_dir, name, 'ckpt.pt') for name in (stage, 'sft')] + [rm_path(), judge_path(), prompt_file]
+    settings = {k: v for k, v in config.items() if k not in ('out_dir', 'stages', 'n_examples', 'eval_rankings')}
+    return json.loads(json.dumps(dict(inputs=input_stamps(filter(os.path.exists, paths)), config=settings,
+                                      world_size=world_size)))  # (as it reads back from the file)
+
+
+def read_cache(stage, key):
+    """The result cached in out_dir/report/<stage>.json for this key, or None (none, another key, unreadable)."""
+    path = Path(out_dir, 'report', f'{stage}.json')
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return cached['result'] if isinstance(cached, dict) and cached.get('key') == key else None
+
+
+def write_cache(stage, key, result):
+    path = os.path.join(out_dir, 'report', f'{stage}.json')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+        json.dump(dict(key=key, result=result), f)
+    os.replace(path + '.tmp', path)  # (a kill leaves the old file or the new, never half of one)
 
 
 def table(header, rows):
@@ -297,45 +357,123 @@ def write_report(results, prompts):
         f.write('\n'.join(lines) + '\n')
 
 
+def judge_table(results):
+    """The card of a chain without a gold judge: a row per checkpoint, scored by the judge RM."""
+    rows = [(stage, '{:+.3f} ± {:.3f}'.format(*r['judged']),
+             '-' if r['win'] is None else '{:.3f} ± {:.3f}'.format(*r['win']), fmt(r['rm']), fmt(r['kl'], 2),
+             fmt(r['length'], 1), '-' if r['sampled'] is None else f'{r["sampled"]:,}', duration(r['time']))
+            for stage, r in results.items()]
+    return table(['stage', 'judge RM score ± se', 'win vs SFT ± se', 'proxy RM score', 'KL to SFT', 'length',
+                  'answers sampled', 'time'], rows)
+
+
+def rm_accuracy(rm, enc, rankings, autocast, dev):
+    """(share, count) of the ranked pairs (every pair of each ranking's answers, best first) that the RM
+    orders as the labels do, a tie counting half."""
+    scores = rm_scores(rm, enc, [(row['prompt'], a) for row in rankings for a in row['answers']], autocast, dev)
+    agree, start = [], 0
+    for row in rankings:
+        r, start = scores[start:start + len(row['answers'])], start + len(row['answers'])
+        agree += [1.0 if r[i] > r[j] else 0.5 if r[i] == r[j] else 0.0 for i in range(len(r)) for j in range(i + 1, len(r))]
+    return mean(agree), len(agree)
+
+
+def write_judge_report(results, prompts, accuracy):
+    """out_dir/report.md of a chain without a gold judge; accuracy: {RM: (held-out pairwise accuracy, pairs)}."""
+    lines = ['# Report: every stage on the same held-out prompts, scored by a judge reward model', '',
+             f'{len(prompts) // samples} held-out prompts ({prompt_file}), {samples} answers to each sampled at '
+             f'temperature {temperature}, at most {max_new_tokens} new tokens. No gold judge knows this data: the judge, '
+             f'{os.path.dirname(judge_path())}, is a reward model trained on the half of the preference data that no '
+             'stage saw (the proxy/gold split of Gao et al. 2022); the stages learned from the other half, through the '
+             f'proxy RM ({os.path.dirname(rm_path())}) or, DPO, from its pairs. Judge RM score: raw, the mean over '
+             "prompts ± its standard error. Win vs SFT: the judge scores the answer above SFT's answer to the same "
+             'prompt (the same sample index; ties count half). Proxy RM score: raw, of the answers that ended. KL to '
+             'SFT: sampled estimate of KL(pi || pi_sft), nats per answer.', '', '## Stages', '', *judge_table(results)]
+    if accuracy:
+        lines += ['', '## Reward models', '', f'Pairwise accuracy on the held-out pairs of {eval_rankings}, which '
+                  'neither RM trained on:', '', *table(['RM', 'accuracy', 'pairs'],
+                                                       [(name, fmt(acc), n) for name, (acc, n) in accuracy.items()])]
+    lines += ['', '## Side by side']
+    for number, i in enumerate(range(0, min(len(prompts), n_examples * samples), samples), 1):
+        lines += ['', f'### {number}. {" ".join(prompts[i].split())}', '']
+        for stage, r in results.items():
+            text = (' '.join(r['answers'][i].split()) or '(empty)') + ('' if r['ended'][i] else ' ... (unfinished)')
+            lines.append(f'- **{stage}** (judge {r["judge"][i]:+.3f}): {text}')
+    with open(os.path.join(out_dir, 'report.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+
+
 def main():
-    configure(globals())
+    config = configure(globals())
     if n_eval < 1 or samples < 1:
         sys.exit('error: n_eval and samples must be at least 1')
-    rank, _, dev, autocast = setup(device, dtype, seed)
+    rank, world_size, dev, autocast = setup(device, dtype, seed)
     sft, sft_ckpt = load_checkpoint(os.path.join(out_dir, 'sft', 'ckpt.pt'), 'python sft.py', dev, scalar_head=False)
     enc = load_tokenizer(sft_ckpt['tokenizer'])
     world = tasks.load_world(sft_ckpt.get('data_dir', 'out/data/world'))
-    if world is None:
-        sys.exit('error: the SFT model was not trained on the world: there is no gold judge to report with')
+    if world is None and not prompt_file:
+        sys.exit('error: the SFT model was not trained on the world, so there is no gold judge: pass --prompt_file '
+                 '(held-out prompts) and a judge RM (--judge_model), as run.sh does with DATA=real')
+    held_out_pairs = read_jsonl(eval_rankings, is_ranking, '{"prompt": ..., "answers": [best, ..., worst]}')
     rm = load_checkpoint(rm_path(), 'python reward.py', dev, scalar_head=True)[0] if os.path.exists(rm_path()) else None
+    judge = None if world else load_checkpoint(  # (the error names the command that trains it)
+        judge_path(), "python reward.py --n_prompts=0 --n_eval=0 --rankings=judge_rankings.jsonl (data/hh_rlhf.py's) "
+        f'--out_dir={os.path.dirname(judge_path())}', dev, scalar_head=True)[0]
     times_path = Path(out_dir, 'stage_times.json')  # {stage: seconds}
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
-    prompts = [p for p in tasks.prompt_set(world, 'eval', n_eval) for _ in range(samples)]
+    prompts = [p for p in (tasks.prompt_set(world, 'eval', n_eval) if world else read_prompts(prompt_file, n_eval))
+               for _ in range(samples)]
     results = {}
     for stage in filter(None, stages.split(',')):
         path = os.path.join(out_dir, stage, 'ckpt.pt')
         if not os.path.exists(path):
             continue
-        made_by = MADE_BY.get(stage, 'the script that writes it')  # (named in the error if it is unreadable)
-        model, ckpt = (sft, sft_ckpt) if stage == 'sft' else load_checkpoint(path, made_by, dev, scalar_head=False)
-        torch.manual_seed(seed + rank)  # the same draws for a checkpoint whatever was evaluated before it
-        r = results[stage] = evaluate(model, sft, rm, enc, world, prompts, autocast, dev, f'{stage}: answering')
-        r['time'] = times.get(stage, ckpt.get('train_time'))
-        r['sampled'] = ckpt.get('answers_sampled', 0 if stage in ('pretrain', 'sft') else None)
-        r['gold'] = mean_and_stderr(per_prompt(r['summary']['scores']))
-        if rank == 0:
-            print(f'{stage:8s} gold {r["gold"][0]:.3f} ± {r["gold"][1]:.3f} ('
-                  + ', '.join(f'{s} {v:.3f}' for s, v in r['summary']['splits'].items()) + '), '
-                  f'RM score {fmt(r["rm"])}, KL to SFT {fmt(r["kl"], 2)}, length {r["length"]:.1f}')
-        del model, ckpt
-    sft_scores = results['sft']['summary']['scores'] if 'sft' in results else None
-    for r in results.values():  # the gain over SFT (paired by prompt) and the win rate against SFT by the gold judge
-        r['gain'] = None if sft_scores is None else mean_and_stderr(
-            [a - b for a, b in zip(per_prompt(r['summary']['scores']), per_prompt(sft_scores))])
-        r['win'] = None if sft_scores is None else mean([1.0 if a > b else 0.5 if a == b else 0.0
-                                                         for a, b in zip(r['summary']['scores'], sft_scores)])
+        key = cache_key(config, stage, world_size)
+        r = read_cache(stage, key)
+        if r is not None and rank == 0:
+            print(f'{stage}: answered before by the same checkpoints and settings ({out_dir}/report/{stage}.json)')
+        if r is None:
+            made_by = MADE_BY.get(stage, 'the script that writes it')  # (named in the error if it is unreadable)
+            model, ckpt = (sft, sft_ckpt) if stage == 'sft' else load_checkpoint(path, made_by, dev, scalar_head=False)
+            torch.manual_seed(seed + rank)  # the same draws for a checkpoint whatever was evaluated before it
+            r = evaluate(model, sft, rm, judge, enc, world, prompts, autocast, dev, f'{stage}: answering')
+            r.update(train_time=ckpt.get('train_time'),
+                     sampled=ckpt.get('answers_sampled', 0 if stage in ('pretrain', 'sft') else None))
+            if rank == 0:
+                write_cache(stage, key, r)
+            del model, ckpt
+        r = results[stage] = dict(r, time=times.get(stage, r['train_time']))
+        if world:
+            r['gold'] = mean_and_stderr(per_prompt(r['summary']['scores']))
+            if rank == 0:
+                print(f'{stage:8s} gold {r["gold"][0]:.3f} ± {r["gold"][1]:.3f} ('
+                      + ', '.join(f'{s} {v:.3f}' for s, v in r['summary']['splits'].items()) + '), '
+                      f'RM score {fmt(r["rm"])}, KL to SFT {fmt(r["kl"], 2)}, length {r["length"]:.1f}')
+        else:
+            r['judged'] = mean_and_stderr(per_prompt(r['judge']))
+            if rank == 0:
+                print(f'{stage:8s} judge RM score {r["judged"][0]:+.3f} ± {r["judged"][1]:.3f}, proxy RM score '
+                      f'{fmt(r["rm"])}, KL to SFT {fmt(r["kl"], 2)}, length {r["length"]:.1f}')
+    if world:
+        sft_scores = results['sft']['summary']['scores'] if 'sft' in results else None
+        for r in results.values():  # the gain over SFT (paired by prompt) and the win rate against SFT by the gold judge
+            r['gain'] = None if sft_scores is None else mean_and_stderr(
+                [a - b for a, b in zip(per_prompt(r['summary']['scores']), per_prompt(sft_scores))])
+            r['win'] = None if sft_scores is None else mean([1.0 if a > b else 0.5 if a == b else 0.0
+                                                             for a, b in zip(r['summary']['scores'], sft_scores)])
+    else:
+        sft_judged = results['sft']['judge'] if 'sft' in results else None
+        for r in results.values():  # the win rate against SFT by the judge RM: the same prompt and sample index
+            r['win'] = None if sft_judged is None else mean_and_stderr(per_prompt(
+                [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(r['judge'], sft_judged)]))
     if rank == 0:
-        write_report(results, prompts)
+        if world:
+            write_report(results, prompts)
+        else:
+            accuracy = {f'{name} ({os.path.dirname(path)})': rm_accuracy(m, enc, held_out_pairs, autocast, dev)
+                        for name, path, m in (('proxy', rm_path(), rm), ('judge', judge_path(), judge))
+                        if m is not None and held_out_pairs}
+            write_judge_report(results, prompts, accuracy)
         print(f'wrote {os.path.join(out_dir, "report.md")}')
     teardown()
 

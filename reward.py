@@ -17,6 +17,12 @@ beside the accuracy.
 
 Rankings are JSONL, one prompt per line, its answers ordered best to worst (K may vary):
   {"prompt": "..." or [{"role": "user", "content": "..."}, ...], "answers": ["best", ..., "worst"]}
+
+Run it again after a kill (the same command): it goes on. The rankings go to rankings.jsonl.partial
+(and eval_rankings.jsonl.partial) a chunk of prompts at a time, and a new run keeps them and samples
+the rest; rankings.jsonl appears only when all are done. The RM saves a checkpoint every
+ckpt_interval iterations and goes on from the last one with the batches it would have had. Each
+chunk of prompts draws from its own seed, so on a CPU the end is the same as a run never killed.
 """
 import json
 import math
@@ -32,8 +38,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import tasks
-from model import (all_gather, answer_text, configure, load_checkpoint, load_tokenizer,
-                   lr_at, make_optimizer, prompt_tokens, raw_model, read_jsonl, sample_answers, save_checkpoint, setup, teardown)
+from model import (all_gather, answer_text, configure, input_stamps, keep_metrics, load_checkpoint, load_tokenizer,
+                   lr_at, make_optimizer, prompt_tokens, raw_model, read_jsonl, resumable, rng_states, sample_answers,
+                   save_checkpoint, set_rng_states, setup, teardown)
 from sft import batches
 
 # ----------------------------------------------------------------------------- config
@@ -47,6 +54,7 @@ k = 8                         # answers per prompt, 2 to 9: K-choose-2 pairs eac
 max_new_tokens = 128
 temperature = 1.0             # the policy's sampling temperature
 label_temperature = 0.05      # the labeler's noise: 0 ranks by the gold score exactly (ties at random)
+sample_batch = 256            # answers sampled at once per process: the rankings are saved after each such chunk
 # optimization
 batch_size = 8                # prompts per step per process (each with all its answers)
 epochs = 2
@@ -55,6 +63,8 @@ min_lr = 6e-5
 warmup_iters = 10
 weight_decay = 0.1
 grad_clip = 1.0
+log_interval = 10             # a row of metrics.jsonl every this many iterations
+ckpt_interval = 100           # a checkpoint every this many iterations: a killed run, started again, goes on from it
 # system
 device = 'auto'
 dtype = 'auto'
@@ -124,23 +134,64 @@ def answer_rewards(rm, enc, pairs, device):
     return rm(idx)[0].gather(1, last[:, None]).squeeze(1)
 
 
-def sample_and_rank(model, enc, world, prompts, autocast, desc, rng):
-    """K answers to each prompt (this rank's share), ranked by the noisy labeler; gathered from all
-    ranks: a list of dicts {prompt, answers (best first), gold (their gold scores)}. An empty answer
-    (the policy ended at once) is left out of its ranking, as the ranking format has no empty answers."""
+def kept_rows(partial, stamp):
+    """The rankings that a killed run of the same command (the same stamp, the file's first line)
+    wrote to partial; [] if there are none. A line cut short by the kill has no newline: dropped."""
+    if not os.path.exists(partial):
+        return []
+    with open(partial) as f:
+        lines = [line for line in f if line.endswith('\n')]
+    if not lines or json.loads(lines[0]) != stamp:
+        print(f'{partial}: from a run with other settings or another policy: sampling over')
+        return []
+    return [json.loads(line) for line in lines[1:]]
+
+
+def sample_and_rank(model, enc, world, split, n, path, stamp, autocast):
+    """K answers to each of the split's first n prompts, ranked by the noisy labeler: a list of dicts
+    {prompt, answers (best first), gold (their gold scores)}, the same on every rank, also written to
+    path. A chunk of prompts at a time (each rank a share), the rows are appended to path.partial
+    after its stamp; a run of the same command keeps them and goes on with the prompts after them.
+    An empty answer (the policy ended at once) is left out of its ranking, as the ranking format has
+    no empty answers, and a prompt left with fewer than 2 answers is left out of path."""
     rank_, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    mine = prompts[rank_::world_size]
-    with autocast:
-        tokens = sample_answers(model, enc, [p for p in mine for _ in range(k)], max_new_tokens, temperature,
-                                progress=desc if rank_ == 0 else None)
-    rows = []
-    for i, prompt in enumerate(mine):
-        answers = [answer_text(enc, t) for t in tokens[i * k:(i + 1) * k]]
-        golds = [tasks.score(world, prompt, a)[0] for a in answers]
-        order = [j for j in rank(golds, rng, label_temperature) if answers[j].strip()]  # (empty answers left out)
-        if len(order) >= 2:
-            rows.append(dict(prompt=prompt, answers=[answers[j] for j in order], gold=[golds[j] for j in order]))
-    return all_gather(rows)
+    prompts, partial = tasks.prompt_set(world, split, n) if n else [], path + '.partial'
+    rows = all_gather(kept_rows(partial, stamp) if rank_ == 0 else [])  # (every rank: what the master read)
+    if rank_ == 0:
+        if rows:
+            print(f'{partial}: {len(rows)} of {len(prompts)} prompts ranked before, kept')
+        with open(partial, 'w') as f:  # (written again without the line a kill cut short)
+            f.writelines(json.dumps(row) + '\n' for row in [stamp] + rows)
+    chunk = max(1, sample_batch // k) * world_size
+    bar = tqdm(total=len(prompts), initial=len(rows), desc=f'answering {split} prompts x{k}', disable=rank_ != 0,
+               dynamic_ncols=True)
+    for start in range(len(rows), len(prompts), chunk):
+        # the chunk's own seed: a resumed run samples and ranks it as the killed run would have
+        rng = random.Random(f'{seed}-{split}-{start}-{rank_}')
+        torch.manual_seed(rng.getrandbits(63))
+        mine = prompts[start:start + chunk][rank_::world_size]
+        with autocast:
+            tokens = sample_answers(model, enc, [p for p in mine for _ in range(k)], max_new_tokens, temperature)
+        ranked = []
+        for i, prompt in enumerate(mine):
+            answers = [answer_text(enc, t) for t in tokens[i * k:(i + 1) * k]]
+            golds = [tasks.score(world, prompt, a)[0] for a in answers]
+            order = [j for j in rank(golds, rng, label_temperature) if answers[j].strip()]  # (empty answers left out)
+            ranked.append((i * world_size + rank_, dict(prompt=prompt, answers=[answers[j] for j in order],
+                                                        gold=[golds[j] for j in order])))
+        ranked = [row for _, row in sorted(all_gather(ranked), key=lambda pair: pair[0])]  # (in prompt order)
+        rows += ranked
+        if rank_ == 0:
+            with open(partial, 'a') as f:
+                f.writelines(json.dumps(row) + '\n' for row in ranked)
+        bar.update(len(ranked))
+    bar.close()
+    rows = [row for row in rows if len(row['answers']) >= 2]
+    if rank_ == 0:
+        with open(path + '.tmp', 'w') as f:
+            f.writelines(json.dumps(row) + '\n' for row in rows)
+        os.replace(path + '.tmp', path)
+    return rows
 
 
 @torch.no_grad()
@@ -189,20 +240,17 @@ def main():
                  'pass --n_prompts=0 --n_eval=0 and --rankings=your_rankings.jsonl')
     if not n_prompts and not extra:
         sys.exit('error: nothing to train on: set --n_prompts or --rankings')
-    t0, rng = time.time(), random.Random(seed + rank_)
-    model.eval()
-    train_rows = sample_and_rank(model, enc, world, tasks.prompt_set(world, 'reward', n_prompts), autocast,
-                                 f'answering {n_prompts}x{k}', rng) if n_prompts else []
-    eval_rows = sample_and_rank(model, enc, world, tasks.prompt_set(world, 'eval', n_eval), autocast,
-                                f'answering {n_eval}x{k} held out', rng) if n_eval else []
-    del model
     if master:
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, 'rankings.jsonl.tmp'), 'w') as f:  # (the new rankings only)
-            f.writelines(json.dumps(row) + '\n' for row in train_rows)
-        os.replace(os.path.join(out_dir, 'rankings.jsonl.tmp'), os.path.join(out_dir, 'rankings.jsonl'))
-        with open(os.path.join(out_dir, 'eval_rankings.jsonl'), 'w') as f:  # held out: never trained on
-            f.writelines(json.dumps(row) + '\n' for row in eval_rows)
+    t0, policy_path = time.time(), os.path.join(policy, 'ckpt.pt')
+    stamp = dict(config=config, inputs=input_stamps([policy_path]))  # what the sampled rankings depend on
+    model.eval()
+    train_rows = sample_and_rank(model, enc, world, 'reward', n_prompts, os.path.join(out_dir, 'rankings.jsonl'),
+                                 stamp, autocast)  # (the new rankings only)
+    eval_rows = sample_and_rank(model, enc, world, 'eval', n_eval, os.path.join(out_dir, 'eval_rankings.jsonl'),
+                                stamp, autocast)  # held out: never trained on
+    del model
+    if master:
         gold_first = sum(row['gold'][0] == max(row['gold']) for row in train_rows) / max(len(train_rows), 1)
         print(f'{len(train_rows)} prompts ranked ({gold_first:.0%} with a best-gold answer first) '
               f'+ {len(extra)} from {rankings or "no files"}; sampling took {time.time() - t0:.0f} s')
@@ -211,26 +259,53 @@ def main():
     # the reward model: the policy's transformer with a scalar head (or an earlier RM)
     rm, _ = load_checkpoint(os.path.join(init_from, 'ckpt.pt'), f'python {os.path.basename(init_from)}.py', dev,
                             scalar_head=True)
+    inputs = [policy_path, os.path.join(init_from, 'ckpt.pt')] + [path for path in rankings.split(',') if path]
+    resumed = resumable(out_dir, config, inputs, dev)  # a killed run of this command: go on from its checkpoint
+    if resumed:
+        rm.load_state_dict(resumed['model'])
     rm.train()
     optimizer = make_optimizer(rm, lr, weight_decay, dev)
+    if resumed:
+        optimizer.load_state_dict(resumed['optimizer'])
     scorer = torch.compile(rm) if compile and dev.startswith('cuda') else rm
     if dist.is_initialized():
         scorer = DDP(scorer, device_ids=[torch.device(dev).index] if dev.startswith('cuda') else None)
     # held out: all prompts, and each split of generalisation (a: the phrasings of training, as PPO's prompts are)
     splits = {s: [row for row in eval_rows if tasks.generalisation(row['prompt']) == s] for s in tasks.GENERALISATION}
-    before = evaluate(rm, enc, eval_rows, autocast, dev) if eval_rows else {}
+    start = resumed['iter_num'] if resumed else 0
+    ckpt_path, metrics_path = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'metrics.jsonl')
+    if resumed:
+        before, t0 = resumed['before'], time.time() - resumed['train_time']
+        set_rng_states(resumed['rng'])
+    else:
+        before = evaluate(rm, enc, eval_rows, autocast, dev) if eval_rows else {}
+
+    def log(**row):
+        with open(metrics_path, 'a') as f:
+            f.write(json.dumps(row) + '\n')
+
+    if master:
+        keep_metrics(metrics_path, start)
+        if before and not resumed:
+            log(iter=0, when='before', **before)
     lengths = [len(str(prompt)) + max(map(len, answers)) for prompt, answers in data]  # (in characters: close enough)
     n_batches, epoch_batches = max(1, len(data) // batch_size), {}
     iters = int(epochs * n_batches) // world_size
-    bar = tqdm(range(iters), desc='reward model', disable=not master, dynamic_ncols=True)
+    meta = dict(config=config, tokenizer=ckpt['tokenizer'], stage='reward',
+                data_dir=ckpt.get('data_dir', 'out/data/world'))
+    if master and resumed:
+        print(f'resuming at iteration {start} of {iters}')
+    bar = tqdm(range(start, iters), initial=start, total=iters, desc='reward model', disable=not master,
+               dynamic_ncols=True)
     for it in bar:
         number = it * world_size + rank_  # this rank's batch, counted over all ranks
         epoch = number // n_batches
         if epoch not in epoch_batches:  # a new epoch: a new order, prompts of similar length together
             epoch_batches = {epoch: batches(lengths, batch_size, seed + epoch)}
         batch = [data[i] for i in epoch_batches[epoch][number % n_batches]]
+        step_lr = lr_at(it, lr, min_lr, warmup_iters, iters)
         for group in optimizer.param_groups:
-            group['lr'] = lr_at(it, lr, min_lr, warmup_iters, iters)
+            group['lr'] = step_lr
         with autocast:
             r = answer_rewards(scorer, enc, [(p, a) for p, answers in batch for a in answers], dev)
         loss = ranking_loss(r.float(), [len(answers) for _, answers in batch])
@@ -238,23 +313,31 @@ def main():
         torch.nn.utils.clip_grad_norm_(rm.parameters(), grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if it % 10 == 0:
+        if master and it % log_interval == 0:
             bar.set_postfix(loss=f'{loss.item():.3f}')
+            log(iter=it, loss=loss.item(), lr=step_lr)
+        if ckpt_interval and (it + 1) % ckpt_interval == 0 and it + 1 < iters:
+            rng = rng_states()  # (every rank's: all of them take part)
+            if master:
+                save_checkpoint(ckpt_path, rm, **meta, finished=False, inputs=input_stamps(inputs),
+                                iter_num=it + 1, optimizer=optimizer.state_dict(), rng=rng, before=before,
+                                train_time=time.time() - t0)
+    bar.close()
     rm.eval()
     after = dict(evaluate(rm, enc, eval_rows, autocast, dev), splits={
         s: evaluate(rm, enc, rows, autocast, dev) for s, rows in splits.items() if rows}) if eval_rows else {}
     if master:
-        save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), rm, config=config, tokenizer=ckpt['tokenizer'], stage='reward',
-                        data_dir=ckpt.get('data_dir', 'out/data/world'), metrics=after, train_time=time.time() - t0)
-        with open(os.path.join(out_dir, 'metrics.jsonl'), 'w') as f:
-            f.writelines(json.dumps(dict(when=w, **m)) + '\n' for w, m in (('before', before), ('after', after)) if m)
+        save_checkpoint(ckpt_path, rm, **meta, iter_num=iters, metrics=after, train_time=time.time() - t0)
+        for name in ('rankings.jsonl', 'eval_rankings.jsonl'):  # (kept until now: a resumed run trains on them)
+            os.remove(os.path.join(out_dir, name + '.partial'))
         if after:
+            log(iter=iters, when='after', **after)
             print(f'held-out prompts ({len(eval_rows)} x {k} answers): pairwise accuracy vs the gold order '
                   f'{after["acc_gold"]:.1%} (over {after["gold_pairs"]} pairs whose gold differs; '
                   f'{before["acc_gold"]:.1%} before training), vs the noisy labels {after["acc_label"]:.1%} '
                   f'(ceiling {after["ceiling"]:.1%}), correlation with gold {after["corr_gold"]:.2f}; vs gold by split: '
                   + ', '.join(f'{tasks.GENERALISATION[s]} {m["acc_gold"]:.1%}' for s, m in after['splits'].items()))
-        print(f'checkpoint {out_dir}/ckpt.pt ({time.time() - t0:.0f} s)')
+        print(f'checkpoint {ckpt_path} ({time.time() - t0:.0f} s)')
     teardown()
 
 

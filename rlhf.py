@@ -12,6 +12,9 @@ times and each answer's advantage is its reward against the others' (critic-free
   python reward.py --policy=out/rlhf --init_from=out/reward --rankings=out/reward/rankings.jsonl --out_dir=out/reward2
   python rlhf.py --init_from=out/rlhf --reward_model=out/reward2 --out_dir=out/rlhf2   # round 2
   python rlhf.py --advantage=rloo --out_dir=out/rloo   # critic-free: RLOO (or grpo), no value model
+  python rlhf.py --init_from=out/real/sft --ref_from=out/real/sft --reward_model=out/real/reward --out_dir=out/real/rlhf \
+      --prompt_file=out/real/data/hh_rlhf/prompts.jsonl --eval_prompt_file=out/real/data/hh_rlhf/eval_prompts.jsonl
+                                      # a model of real data (run.sh's DATA=real): prompts from files, no gold
 
 The four models, all with dropout off (the GPT has none):
   policy      trained; starts from init_from
@@ -42,8 +45,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import tasks
-from model import (all_gather, all_mean, answer_text, configure, load_checkpoint, load_tokenizer, make_optimizer,
-                   prompt_tokens, raw_model, save_checkpoint, setup, teardown)
+from data.hh_rlhf import read_prompts
+from model import (all_gather, all_mean, answer_text, configure, input_stamps, keep_metrics, load_checkpoint, load_tokenizer,
+                   make_optimizer, prompt_tokens, raw_model, resumable, rng_states, save_checkpoint, set_rng_states, setup,
+                   teardown)
 
 # ----------------------------------------------------------------------------- config
 init_from = 'out/sft'         # the policy starts here (round 2: out/rlhf)
@@ -51,8 +56,11 @@ ref_from = 'out/sft'          # the frozen reference of the KL penalty
 reward_model = 'out/reward'   # the frozen RM (round 2: out/reward2)
 out_dir = 'out/rlhf'
 n_prompts = 1024              # the world's 'rl' prompts, cycled through
+prompt_file = ''              # a model not trained on the world: its prompts, JSONL of {"prompt": "text"}
+eval_prompt_file = ''         #   and its held-out ones (data/hh_rlhf.py's prompts.jsonl and eval_prompts.jsonl)
 n_eval = 400                  # held-out prompts answered and judged every eval_interval iterations
 eval_interval = 20
+ckpt_interval = 10            # a checkpoint every this many iterations: a killed run, started again, goes on from it
 iters = 80                    # PPO iterations: a rollout batch, then ppo_epochs over it
 batch_size = 64               # rollouts per iteration per process
 minibatch_size = 16
@@ -251,6 +259,9 @@ def main():
     config = configure(globals())
     if advantage not in ('gae', 'grpo', 'rloo'):
         raise SystemExit(f"error: --advantage must be gae, grpo or rloo, got {advantage!r}")
+    if eval_interval < 1 or ckpt_interval < 0:
+        raise SystemExit(f'error: --eval_interval must be at least 1 (got {eval_interval}) and --ckpt_interval '
+                         f'at least 0 (got {ckpt_interval}; 0: a checkpoint only at each evaluation)')
     if temperature <= 0:
         raise SystemExit(f'error: --temperature must be above 0, not {temperature}: PPO samples its answers, and its '
                          'log-probs are those of the sampling distribution (greedy decoding has none)')
@@ -268,11 +279,13 @@ def main():
     enc = load_tokenizer(ckpt['tokenizer'])
     end = torch.tensor(enc.encode_single_token('<|end|>'), device=dev)
     data_dir = ckpt.get('data_dir', 'out/data/world')
-    world = tasks.load_world(data_dir)
-    if world is None:
-        raise SystemExit('error: rlhf.py samples the world\'s prompts; the policy was trained on other data')
-    rl_prompts = tasks.prompt_set(world, 'rl', n_prompts)[rank::world_size]
-    eval_prompts = tasks.prompt_set(world, 'eval', n_eval)
+    world = tasks.load_world(data_dir)  # None: a model of other data, with no gold judge; its prompts come from files
+    if world is None and not (prompt_file and eval_prompt_file):
+        raise SystemExit('error: the policy was not trained on the world: pass --prompt_file and --eval_prompt_file, '
+                         'JSONL of {"prompt": "..."} (data/hh_rlhf.py writes them)')
+    rl_prompts = (tasks.prompt_set(world, 'rl', n_prompts) if world
+                  else read_prompts(prompt_file, n_prompts))[rank::world_size]
+    eval_prompts = tasks.prompt_set(world, 'eval', n_eval) if world else read_prompts(eval_prompt_file, n_eval)
     ptx_batch = None
     if ptx_coef > 0:
         from pretrain import get_batch, load_tokens
@@ -303,33 +316,62 @@ def main():
                 answer = answer_text(enc, batch['idx'][j, batch['P']:batch['P'] + n].tolist())
                 rows.append((p, answer, float(batch['score'][j]), float(kl[j]), n))
         rows = all_gather(rows)
-        summary = tasks.summarize(world, [r[0] for r in rows], [r[1] for r in rows])
-        row = dict(iter=it, gold=summary['gold'], gold_stderr=summary['gold_stderr'],
-                   rm_score=sum(r[2] for r in rows) / len(rows), kl=sum(r[3] for r in rows) / len(rows),
-                   length=sum(r[4] for r in rows) / len(rows), kinds=summary['kinds'], splits=summary['splits'],
-                   criteria=summary['criteria'])
+        row = dict(iter=it, rm_score=sum(r[2] for r in rows) / len(rows), kl=sum(r[3] for r in rows) / len(rows),
+                   length=sum(r[4] for r in rows) / len(rows))
+        summary = tasks.summarize(world, [r[0] for r in rows], [r[1] for r in rows]) if world else None
+        if summary:
+            row.update(gold=summary['gold'], gold_stderr=summary['gold_stderr'], kinds=summary['kinds'],
+                       splits=summary['splits'], criteria=summary['criteria'])
         if master:
-            tqdm.write(f'iter {it}: held-out RM score {row["rm_score"]:+.3f}, KL {row["kl"]:.2f}, length {row["length"]:.0f}, '
-                       + tasks.report(summary))
+            tqdm.write(f'iter {it}: held-out RM score {row["rm_score"]:+.3f}, KL {row["kl"]:.2f}, length {row["length"]:.0f}'
+                       + (', ' + tasks.report(summary) if summary else ''))
             log(kind='eval', **row)
             with open(os.path.join(out_dir, 'answers.jsonl'), 'w') as f:
                 f.writelines(json.dumps(dict(prompt=p, answer=a, rm=s, gold=g)) + '\n'
-                             for (p, a, s, _, _), g in zip(rows, summary['scores']))
+                             for (p, a, s, _, _), g in zip(rows, summary['scores'] if summary else [None] * len(rows)))
         return row, summary
 
     def log(**row):
         with open(os.path.join(out_dir, 'metrics.jsonl'), 'a') as f:
             f.write(json.dumps(row) + '\n')
 
+    def save(it, finished, **extra):
+        """The policy; before the end also what a killed run needs to go on (value model, optimizers, RNG)."""
+        go_on = {} if finished else dict(finished=False, inputs=input_stamps(inputs), first=first, beta=kl_coef,
+                                         value=value and value.state_dict(), opt_policy=opt_policy.state_dict(),
+                                         opt_value=opt_value and opt_value.state_dict(), rng=rng_states())
+        if master:
+            save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), policy, config=config, tokenizer=ckpt['tokenizer'],
+                            stage='rlhf', data_dir=data_dir, iter_num=it, rm_norm=norm, train_time=time.time() - t0,
+                            answers_sampled=it * batch_size * world_size, **go_on, **extra)
+
+    # a killed run of this command goes on from its last checkpoint
+    inputs = [os.path.join(d, 'ckpt.pt') for d in (init_from, ref_from, reward_model)] + \
+             [path for path in (prompt_file, eval_prompt_file) if path]
+    resumed = resumable(out_dir, config, inputs, dev)
+    start, kl_coef, t0 = 0, beta, time.time()
+    if resumed:
+        start, kl_coef, first, t0 = resumed['iter_num'], resumed['beta'], resumed['first'], t0 - resumed['train_time']
+        policy.load_state_dict(resumed['model'])
+        opt_policy.load_state_dict(resumed['opt_policy'])
+        if value is not None:
+            value.load_state_dict(resumed['value'])
+            opt_value.load_state_dict(resumed['opt_value'])
+        norm.update(resumed['rm_norm'])
+        set_rng_states(resumed['rng'])
     if master:
         os.makedirs(out_dir, exist_ok=True)
-        open(os.path.join(out_dir, 'metrics.jsonl'), 'w').close()
-    t0, kl_coef = time.time(), beta
-    bar = tqdm(range(iters), desc='ppo' if advantage == 'gae' else f'ppo ({advantage})', disable=not master, dynamic_ncols=True)
+        keep_metrics(os.path.join(out_dir, 'metrics.jsonl'), start)
+        if resumed:
+            print(f'resuming at iteration {start}')
+    if resumed and (start % eval_interval == 0 or start == iters):  # killed during that evaluation: again
+        last, summary = evaluate(start)
+    bar = tqdm(range(start, iters), initial=start, total=iters, desc='ppo' if advantage == 'gae' else f'ppo ({advantage})',
+               disable=not master, dynamic_ncols=True)
     for it in bar:
         n = batch_size if advantage == 'gae' else batch_size // group_size  # critic-free: each prompt group_size times
-        start = it * n % len(rl_prompts)
-        prompts = [p for p in (rl_prompts * 2)[start:start + n] for _ in range(1 if advantage == 'gae' else group_size)]
+        offset = it * n % len(rl_prompts)
+        prompts = [p for p in (rl_prompts * 2)[offset:offset + n] for _ in range(1 if advantage == 'gae' else group_size)]
         batch = rollout(policy, ref, value, score_fn, [prompt_tokens(enc, p) for p in prompts], end, autocast)
         if it == 0:  # fix the normalisation on the first rollouts (all ranks), then score them again
             raw = torch.tensor(all_gather(batch['score'][batch['ended']].tolist()))
@@ -341,27 +383,25 @@ def main():
         kl = all_mean(((batch['logp'] - batch['ref_logp']) * batch['mask']).sum(1).mean())
         answers = [answer_text(enc, batch['idx'][j, batch['P']:batch['P'] + int(n)].tolist()) for j, n in enumerate(batch['lengths'])]
         gold = all_mean(sum(tasks.score(world, prompts[o], a)[0] for o, a in zip(batch['order'].tolist(), answers))
-                        / len(prompts))  # the log only
+                        / len(prompts)) if world else None  # the log only
         row = dict(iter=it, rm_score=all_mean(batch['score'].mean()), kl=kl, beta=kl_coef, gold=gold,
                    length=all_mean(batch['lengths'].float().mean()), ended=all_mean(batch['ended'].float().mean()), **stats)
         if kl_target > 0:  # beta *= 1 + K e, e = KL / target - 1 clipped to +-0.2, K = 0.1 (Ziegler et al. 2019, eq. 2)
             kl_coef *= 1 + 0.1 * max(-0.2, min(0.2, kl / kl_target - 1))
         if master:
             log(kind='train', **row)
-            bar.set_postfix(rm=f'{row["rm_score"]:+.2f}', kl=f'{kl:.2f}', gold=f'{gold:.2f}')
-        if (it + 1) % eval_interval == 0 or it + 1 == iters:
-            if master:  # saved before the long evaluation
-                save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), policy, config=config, tokenizer=ckpt['tokenizer'],
-                                stage='rlhf', data_dir=data_dir, iter_num=it + 1, rm_norm=norm,
-                                answers_sampled=(it + 1) * batch_size * world_size)
+            bar.set_postfix(rm=f'{row["rm_score"]:+.2f}', kl=f'{kl:.2f}', gold='-' if gold is None else f'{gold:.2f}')
+        evaluating = (it + 1) % eval_interval == 0 or it + 1 == iters
+        if evaluating or (ckpt_interval and (it + 1) % ckpt_interval == 0):  # (saved before the long evaluation)
+            save(it + 1, finished=False)
+        if evaluating:
             last, summary = evaluate(it + 1)
+    save(iters, finished=True, metrics=last)
     if master:
-        save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), policy, config=config, tokenizer=ckpt['tokenizer'],
-                        stage='rlhf', data_dir=data_dir, iter_num=iters, rm_norm=norm, metrics=last,
-                        answers_sampled=iters * batch_size * world_size, train_time=time.time() - t0)
-        print(f'held-out gold score {first["gold"]:.3f} -> {last["gold"]:.3f} ({last["gold"] - first["gold"]:+.3f}), '
-              f'RM score {first["rm_score"]:+.3f} -> {last["rm_score"]:+.3f}, KL to SFT {last["kl"]:.2f} nats per answer\n'
-              + tasks.report(summary) + f'\ncheckpoint {out_dir}/ckpt.pt ({time.time() - t0:.0f} s)')
+        gold = f'gold score {first["gold"]:.3f} -> {last["gold"]:.3f} ({last["gold"] - first["gold"]:+.3f}), ' if world else ''
+        print(f'held-out {gold}RM score {first["rm_score"]:+.3f} -> {last["rm_score"]:+.3f}, KL to SFT {last["kl"]:.2f} '
+              f'nats per answer\n' + (tasks.report(summary) + '\n' if summary else '')
+              + f'checkpoint {out_dir}/ckpt.pt ({time.time() - t0:.0f} s)')
     teardown()
 
 

@@ -8,13 +8,27 @@
 #   RUN="torchrun --nproc_per_node=8" bash run.sh    # every training stage on 8 processes or GPUs
 #   PRESET=config/tiny OUT=out/tiny bash run.sh      # the tiny chain of the tests: a minute or two
 #
+# With DATA=real, the chain of real data instead (into out/real), with no gold judge:
+#   pretraining text (data/corpus.py) -> pretrain -> SFT on Alpaca (data/alpaca.py) -> on HH-RLHF's pairs
+#   (data/hh_rlhf.py): the proxy RM on one half, the judge RM on the other -> best-of-K, DPO and PPO -> report,
+#   every stage scored by the judge RM, which no stage sees (the proxy/gold split of Gao et al. 2022)
+#   DATA=real bash run.sh                            # downloads TinyStories (or CORPUS=shakespeare, c4), Alpaca, HH-RLHF
+#   DATA=real CORPUS_FILE=a.txt ALPACA_FILE=alpaca_data.json HH_FILE=train.jsonl.gz bash run.sh   # local files
+#   DATA=real PRESET=config/real_tiny ... bash run.sh   # the tiny sizes of the tests
+# (file paths are relative to this folder, as OUT is; CORPUS_FILE may name several, comma-separated)
+#
 # Each stage reads its preset $PRESET/<script>.py when there is one. Wall times go to
 # $OUT/stage_times.json, the report card to $OUT/report.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
 RUN=${RUN:-$PYTHON}
-OUT=${OUT:-out}
+DATA=${DATA:-world}
+case $DATA in
+    world) OUT=${OUT:-out} ;;
+    real) OUT=${OUT:-out/real} ;;
+    *) echo "error: DATA must be world or real, not $DATA" >&2; exit 1 ;;
+esac
 PRESET=${PRESET:-}
 mkdir -p "$OUT"
 
@@ -50,6 +64,44 @@ times[name] = int(seconds)
 json.dump(times, open(path, "w"), indent=1)' "$OUT/stage_times.json" "$name" "$seconds"
     echo "== $name: done in $((seconds / 60)) min $((seconds % 60)) s"
 }
+
+if [ "$DATA" = real ]; then
+    R=$OUT/data
+    H=$R/hh_rlhf  # rankings.jsonl + prompts.jsonl (the proxy half), judge_rankings.jsonl, eval_*.jsonl (held out)
+    CORPUS=${CORPUS:-tinystories} CORPUS_FILE=${CORPUS_FILE:-} ALPACA_FILE=${ALPACA_FILE:-} HH_FILE=${HH_FILE:-}
+    stage corpus data/corpus.py ${CORPUS_FILE//,/ } -- \
+        "$PYTHON" data/corpus.py --name="$CORPUS" ${CORPUS_FILE:+--file="$CORPUS_FILE"} --out_dir="$R/raw"
+    stage data data/prepare.py data/bpe.py corpus -- \
+        "$PYTHON" data/prepare.py --text_files="$R/raw/$CORPUS.txt" --out_dir="$R/text"
+    stage alpaca data/alpaca.py $ALPACA_FILE -- \
+        "$PYTHON" data/alpaca.py ${ALPACA_FILE:+--file="$ALPACA_FILE"} --out_dir="$R/alpaca"
+    stage hh_rlhf data/hh_rlhf.py $HH_FILE -- \
+        "$PYTHON" data/hh_rlhf.py ${HH_FILE:+--file="$HH_FILE"} --out_dir="$H"
+    stage pretrain pretrain.py model.py data -- \
+        $RUN pretrain.py --data_dir="$R/text" --out_dir="$OUT/pretrain"
+    stage sft sft.py pretrain alpaca -- \
+        $RUN sft.py --init_from="$OUT/pretrain" --data_dir="$R/text" --demos="$R/alpaca/sft.jsonl" --out_dir="$OUT/sft"
+    stage reward reward.py sft hh_rlhf -- \
+        $RUN reward.py --policy="$OUT/sft" --init_from="$OUT/sft" --n_prompts=0 --n_eval=0 \
+        --rankings="$H/rankings.jsonl" --out_dir="$OUT/reward"
+    # the judge: a reward model of the other half of the pairs; no stage reads it, only the report card
+    stage judge reward.py sft hh_rlhf -- \
+        $RUN reward.py --policy="$OUT/sft" --init_from="$OUT/sft" --n_prompts=0 --n_eval=0 \
+        --rankings="$H/judge_rankings.jsonl" --out_dir="$OUT/judge"
+    stage bestofk bestofk.py sft reward -- \
+        $RUN bestofk.py --init_from="$OUT/sft" --reward_model="$OUT/reward" --prompt_file="$H/prompts.jsonl" \
+        --eval_prompt_file="$H/eval_prompts.jsonl" --out_dir="$OUT/bestofk"
+    stage dpo dpo.py sft hh_rlhf -- \
+        $RUN dpo.py --init_from="$OUT/sft" --ref_from="$OUT/sft" --rankings="$H/rankings.jsonl" \
+        --eval_rankings="$H/eval_rankings.jsonl" --out_dir="$OUT/dpo"
+    stage rlhf rlhf.py sft reward -- \
+        $RUN rlhf.py --init_from="$OUT/sft" --ref_from="$OUT/sft" --reward_model="$OUT/reward" \
+        --prompt_file="$H/prompts.jsonl" --eval_prompt_file="$H/eval_prompts.jsonl" --out_dir="$OUT/rlhf"
+    stage report report.py pretrain sft bestofk dpo rlhf reward judge -- \
+        $RUN report.py --out_dir="$OUT" --prompt_file="$H/eval_prompts.jsonl" --eval_rankings="$H/eval_rankings.jsonl"
+    echo "report card: $OUT/report.md"
+    exit 0
+fi
 
 D=$OUT/data/world
 stage data data/prepare.py data/world.py data/tasks.py data/bpe.py -- \

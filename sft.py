@@ -24,8 +24,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import tasks
-from model import (all_gather, all_mean, answer_text, configure, load_checkpoint, load_tokenizer, lr_at,
-                   make_optimizer, raw_model, read_jsonl, render_chat, sample_answers, save_checkpoint, setup, teardown)
+from model import (all_gather, all_mean, answer_text, configure, input_stamps, keep_metrics, load_checkpoint, load_tokenizer,
+                   lr_at, make_optimizer, raw_model, read_jsonl, render_chat, resumable, rng_states, sample_answers,
+                   save_checkpoint, set_rng_states, setup, teardown)
 
 # ----------------------------------------------------------------------------- config
 init_from = 'out/pretrain'    # the pretrained model
@@ -45,6 +46,7 @@ warmup_iters = 20
 weight_decay = 0.1
 grad_clip = 1.0
 eval_interval = 100           # validation loss every this many iterations
+ckpt_interval = 100           # a checkpoint every this many iterations: a killed run, started again, goes on from it
 # system
 device = 'auto'
 dtype = 'auto'
@@ -97,17 +99,22 @@ def collate(examples, ids, device):
 
 
 def finetune(model, examples, iters, lr, batch_size, autocast, device, min_lr=0.0, warmup_iters=0,
-             weight_decay=0.1, grad_clip=1.0, seed=0, compile=False, evaluate=None, eval_interval=0, desc='sft'):
+             weight_decay=0.1, grad_clip=1.0, seed=0, compile=False, evaluate=None, eval_interval=0, desc='sft',
+             save=None, ckpt_interval=0, start=0, optimizer_state=None):
     """The SFT loop (bestofk.py uses it too): AdamW on the masked next-token loss, warmup + cosine
     learning rate, length-bucketed batches, each rank its own batches, gradients averaged by DDP.
-    evaluate(it, model) runs every eval_interval iterations. Returns the last loss (mean over ranks)."""
+    evaluate(it, model) runs every eval_interval iterations; save(it, optimizer) every ckpt_interval
+    iterations and after the last. A killed run goes on at iteration `start` with the optimizer state
+    it saved: the batches of an iteration depend only on its number, so it trains as if never killed."""
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     optimizer = make_optimizer(model, lr, weight_decay, device)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     trained = torch.compile(model) if compile and device.startswith('cuda') else model
     if dist.is_initialized():
         trained = DDP(trained, device_ids=[torch.device(device).index] if device.startswith('cuda') else None)
     epochs, n_batches = {}, max(1, len(examples) // batch_size)
-    bar = tqdm(range(iters), desc=desc, disable=rank != 0, dynamic_ncols=True)
+    bar = tqdm(range(start, iters), desc=desc, initial=start, total=iters, disable=rank != 0, dynamic_ncols=True)
     for it in bar:
         if evaluate and eval_interval and it % eval_interval == 0 and it > 0:
             evaluate(it, raw_model(model))
@@ -127,7 +134,8 @@ def finetune(model, examples, iters, lr, batch_size, autocast, device, min_lr=0.
         optimizer.zero_grad(set_to_none=True)
         if it % 10 == 0:
             bar.set_postfix(loss=f'{loss.item():.3f}')
-    return all_mean(loss.detach())
+        if save and ((ckpt_interval and (it + 1) % ckpt_interval == 0) or it + 1 == iters):
+            save(it + 1, optimizer)
 
 
 @torch.no_grad()
@@ -160,6 +168,10 @@ def main():
     rank, world_size, dev, autocast = setup(device, dtype, seed)
     master = rank == 0
     model, ckpt = load_checkpoint(os.path.join(init_from, 'ckpt.pt'), 'python pretrain.py', dev)
+    inputs = [os.path.join(init_from, 'ckpt.pt')] + demos.split(',')
+    resumed = resumable(out_dir, config, inputs, dev)  # a killed run of this command: go on from its checkpoint
+    if resumed:
+        model.load_state_dict(resumed['model'])
     enc = load_tokenizer(ckpt['tokenizer'])
     block_size = model.config.block_size
     if demos.endswith('world/sft.jsonl') and not os.path.exists(demos):
@@ -173,15 +185,16 @@ def main():
     val_set = tokenize(enc, conversations[:n_val], block_size)
     world = tasks.load_world(data_dir)
     eval_prompts = tasks.prompt_set(world, 'eval', n_eval) if world and n_eval else []
+    start = resumed['iter_num'] if resumed else 0
     if master:
         os.makedirs(out_dir, exist_ok=True)
-        open(os.path.join(out_dir, 'metrics.jsonl'), 'w').close()
+        keep_metrics(os.path.join(out_dir, 'metrics.jsonl'), start)
         lengths = [len(x) for x, _ in train_set]
         padded = sum(max(lengths[i] for i in b) * len(b) for b in batches(lengths, batch_size, seed))
         real = sum(lengths)
         print(f'{len(train_set):,} train and {n_val:,} val conversations from {demos}; '
               f'{sum(t != -1 for _, y in train_set for t in y) / real:.0%} of the tokens are trained on; '
-              f'bucketed batches pad {1 - real / padded:.1%}')
+              f'bucketed batches pad {1 - real / padded:.1%}' + (f'; resuming at iteration {start}' if resumed else ''))
 
     def evaluate(it, model, label):
         row = dict(iter=it, val_loss=all_mean(val_loss(model.eval(), val_set, batch_size, autocast, dev)))
@@ -202,17 +215,28 @@ def main():
                 f.write(json.dumps(row) + '\n')
         return row
 
-    t0 = time.time()
-    before = evaluate(0, model, 'base')
+    t0 = time.time() - (resumed['train_time'] if resumed else 0)
+    meta = dict(config=config, tokenizer=ckpt['tokenizer'], stage='sft', data_dir=data_dir)
+    if resumed:
+        before = resumed['before']
+        set_rng_states(resumed['rng'])
+    else:
+        before = evaluate(0, model, 'base')
+
+    def save(it, optimizer):  # (the last one is saved before the long evaluation)
+        rng = rng_states()
+        if master:
+            save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), model, **meta, iter_num=it, finished=False,
+                            inputs=input_stamps(inputs), optimizer=optimizer.state_dict(), rng=rng, before=before,
+                            train_time=time.time() - t0)
+
     finetune(model, train_set, max_iters, lr, batch_size, autocast, dev, min_lr, warmup_iters, weight_decay,
-             grad_clip, seed, compile, lambda it, m: evaluate(it, m, None), eval_interval)
-    meta = dict(config=config, tokenizer=ckpt['tokenizer'], stage='sft', iter_num=max_iters,
-                data_dir=data_dir, train_time=time.time() - t0)
-    if master:  # saved before the long evaluation, then again with its result
-        save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), model, **meta)
+             grad_clip, seed, compile, lambda it, m: evaluate(it, m, None), eval_interval, save=save,
+             ckpt_interval=ckpt_interval, start=start, optimizer_state=resumed['optimizer'] if resumed else None)
     after = evaluate(max_iters, model, 'sft')
     if master:
-        save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), model, **meta, metrics=after)
+        save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), model, **meta, iter_num=max_iters, metrics=after,
+                        train_time=time.time() - t0)
         if 'gold' in after:
             print(f'gold score on {len(eval_prompts)} held-out prompts: base model {before["gold"]:.3f} '
                   f'± {before["gold_stderr"]:.3f} -> SFT {after["gold"]:.3f} ± {after["gold_stderr"]:.3f}')

@@ -1,18 +1,30 @@
 """
 Makes reward-model data from Anthropic's HH-RLHF preference pairs (Bai et al. 2022): JSONL lines (.jsonl or
 .jsonl.gz) {"chosen": "\n\nHuman: ...\n\nAssistant: ...", "rejected": ...}, one conversation with two last
-answers -> out/data/hh_rlhf/rankings.jsonl, one {"prompt": ..., "answers": [chosen, rejected]} per line (best
-first). The prompt is a string for a single human turn, else a list of messages ending with the user's turn.
+answers, each -> {"prompt": ..., "answers": [chosen, rejected]} (best first). The prompt is a string for a single
+human turn, else a list of messages ending with the user's turn.
 
   python data/hh_rlhf.py                                  # download harmless-base/train.jsonl.gz
   python data/hh_rlhf.py --file=train.jsonl.gz --out_dir=out/data/mine   # a local file
   python data/hh_rlhf.py --url=.../helpful-base/train.jsonl.gz --out_dir=out/data/hh_helpful   # another subset
+
+There is no gold judge for real data, so the pairs are split three ways (the proxy/gold split of Gao et
+al. 2022), by a hash of the conversation's first question, so that conversations that open alike, and a
+prompt's pairs, never straddle two parts:
+  rankings.jsonl        the proxy half: the RM (reward.py) and DPO learn from it;
+  prompts.jsonl         its one-turn prompts, once each: what PPO and best-of-K answer;
+  judge_rankings.jsonl  the judge half: only the judge RM learns from it, the report card's scorer;
+  eval_rankings.jsonl   held out from every stage and both RMs (eval_share of the pairs): the RMs' accuracy;
+  eval_prompts.jsonl    its one-turn prompts: what the report card asks every stage.
+Policy stages take one-turn prompts only (bestofk.py fine-tunes on, and report.py measures KL of, one-turn
+conversations); the RMs and DPO learn from every pair, multi-turn ones too.
 
 A download is kept in out_dir and not fetched again. Pairs whose conversations differ before the last
 answer, or whose last answers are equal or empty, are skipped and counted; a malformed line is an error.
 """
 import collections
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -27,6 +39,8 @@ from data.alpaca import download    # noqa: E402
 url = 'https://huggingface.co/datasets/Anthropic/hh-rlhf/resolve/main/harmless-base/train.jsonl.gz'
 file = ''                  # a local .jsonl or .jsonl.gz file; empty: download url into out_dir first
 out_dir = 'out/data/hh_rlhf'
+eval_share = 0.1           # of the pairs held out for evaluation (by hash of the first question)
+judge_share = 0.45         # of the pairs for the judge RM; the rest (0.45) is the proxy half
 # -----------------------------------------------------------------------------
 
 
@@ -81,8 +95,40 @@ def ranking(chosen, rejected):
     return dict(prompt=a[0] if len(messages) == 1 else messages, answers=[a[-1], b[-1]])
 
 
+def part(ranking):
+    """'eval', 'judge' or 'proxy': where the ranking goes, from a hash of its first question (a stable
+    number in [0, 1), the same on every machine and Python, unlike hash())."""
+    first = ranking['prompt'] if isinstance(ranking['prompt'], str) else ranking['prompt'][0]['content']
+    u = int(hashlib.md5(first.encode('utf-8')).hexdigest()[:8], 16) / 2**32
+    return 'eval' if u < eval_share else 'judge' if u < eval_share + judge_share else 'proxy'
+
+
+def one_turn_prompts(rankings):
+    """The one-turn prompts of the rankings, each once, in order of first appearance."""
+    return list(dict.fromkeys(r['prompt'] for r in rankings if isinstance(r['prompt'], str)))
+
+
+def read_prompts(path, n=0):
+    """The first n (0: all) prompts of a prompts file (one {"prompt": "text"} per line, as main() writes):
+    what rlhf.py, bestofk.py and report.py answer when the policy was not trained on the world."""
+    check = lambda row: '' if isinstance(row['prompt'], str) and row['prompt'].strip() else '"prompt" must be a text'
+    prompts = [row['prompt'] for row in model.read_jsonl(path, check, '{"prompt": "..."}')]
+    if not prompts:
+        sys.exit(f'error: {path}: no prompts (data/hh_rlhf.py writes them)')
+    return prompts[:n or None]
+
+
+def write_jsonl(path, rows):
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + '\n' for r in rows)
+    os.replace(path + '.tmp', path)
+
+
 def main():
     model.configure(globals())
+    if not (0 < eval_share and 0 < judge_share and eval_share + judge_share < 1):
+        sys.exit(f'error: eval_share and judge_share must be above 0 and leave a share for the proxy '
+                 f'(got {eval_share} and {judge_share})')
     path = file or os.path.join(out_dir, '-'.join(url.split('/')[-2:]))  # e.g. harmless-base-train.jsonl.gz
     if not file:
         download(url, path)
@@ -92,12 +138,20 @@ def main():
     why = f' ({", ".join(f"{n:,} {reason}" for reason, n in skipped.items())})' if skipped else ''
     if not rankings:
         sys.exit(f'error: {path}: no usable pairs{why}')
+    parts = {name: [r for r in rankings if part(r) == name] for name in ('proxy', 'judge', 'eval')}
+    prompts, eval_prompts = one_turn_prompts(parts['proxy']), one_turn_prompts(parts['eval'])
     os.makedirs(out_dir, exist_ok=True)
-    out = os.path.join(out_dir, 'rankings.jsonl')
-    with open(out + '.tmp', 'w', encoding='utf-8') as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + '\n' for r in rankings)
-    os.replace(out + '.tmp', out)
-    print(f'{out}: {len(rankings):,} ranked pairs from {path}; skipped {sum(skipped.values()):,}{why}')
+    files = dict(rankings=parts['proxy'], judge_rankings=parts['judge'], eval_rankings=parts['eval'],
+                 prompts=[dict(prompt=p) for p in prompts], eval_prompts=[dict(prompt=p) for p in eval_prompts])
+    for name, rows in files.items():
+        write_jsonl(os.path.join(out_dir, f'{name}.jsonl'), rows)
+    print(f'{len(rankings):,} ranked pairs from {path}; skipped {sum(skipped.values()):,}{why}\n'
+          f'split by a hash of the first question into {out_dir}/:\n'
+          f'  rankings.jsonl        {len(parts["proxy"]):7,} pairs  proxy: the RM and DPO '
+          f'(prompts.jsonl: {len(prompts):,} one-turn prompts for PPO and best-of-K)\n'
+          f'  judge_rankings.jsonl  {len(parts["judge"]):7,} pairs  the judge RM only\n'
+          f'  eval_rankings.jsonl   {len(parts["eval"]):7,} pairs  held out '
+          f'(eval_prompts.jsonl: {len(eval_prompts):,} one-turn prompts for the report card)')
 
 
 if __name__ == '__main__':

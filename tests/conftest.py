@@ -1,8 +1,10 @@
 """Shared by the stage tests: run a script as a user does, and a tiny chain of checkpoints
 (world data -> pretrain -> SFT) made once per test session, on the CPU, in seconds."""
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -11,6 +13,8 @@ from data.bpe import save_bpe, train_bpe
 from model import SPLIT_PATTERN, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def run_script(*args, check=True):
     """python script --args in the project root; AssertionError with its output if it fails."""
     result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -19,6 +23,15 @@ def run_script(*args, check=True):
         raise AssertionError(f'{args} failed:\n{result.stdout}\n{result.stderr}')
     return result
 
+
+def kill_when(args, ready):
+    """Starts `python args` and kills it (SIGKILL) as soon as ready() is true."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    while proc.poll() is None and not ready():
+        time.sleep(0.002)
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL, 'the run ended before the kill'
 
 @pytest.fixture(scope='session')
 def tiny_chain(tmp_path_factory):

@@ -11,7 +11,8 @@ import torch
 import dpo
 from bestofk import answer_logprob
 from conftest import run_script
-from model import GPT, GPTConfig, make_optimizer
+from model import GPT, GPTConfig, load_checkpoint, make_optimizer
+from test_resume import assert_same_run, kill_at_first_checkpoint
 
 
 def tiny_policy(seed=0):
@@ -111,7 +112,29 @@ def test_dpo_stage_on_the_tiny_chain(tiny_chain, tmp_path):
     assert implicit[0]['acc_label'] == 0.5 and implicit[0]['margin'] == 0  # policy = reference: every pair a tie
     assert any(r['kind'] == 'train' for r in log) and log[-1]['kind'] == 'eval'
     # bad input: one line, no traceback, nothing written
-    for bad in ('--loss=dop', f'--rankings={tmp_path}/none.jsonl'):
+    for bad in ('--loss=dop', f'--rankings={tmp_path}/none.jsonl', '--eval_interval=0', '--ckpt_interval=-1'):
         result = run_script(*args, bad, f'--out_dir={tmp_path}/bad', check=False)
         assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1 and 'Traceback' not in result.stderr
         assert not (tmp_path / 'bad').exists()
+
+
+def test_dpo_killed_then_run_again_ends_as_if_never_killed(tiny_chain, tmp_path):
+    """It goes on with the policy, the optimizer, its place in the data (the kill falls in the second of
+    three epochs) and the random state of the held-out answers: the first checkpoint, at step 4, comes
+    after the answers of step 2, and the kill falls in the evaluation of step 4, which it does again."""
+    rng = random.Random(0)
+    for name, rows in (('rankings', rows_of(rng, 8)), ('eval_rankings', rows_of(rng, 4))):
+        with open(tmp_path / f'{name}.jsonl', 'w') as f:
+            f.writelines(json.dumps(dict(row, gold=[1.0, 0.0])) + '\n' for row in rows)
+
+    def args(out):  # 8 prompts, 4 a step: 2 steps an epoch, 6 in all
+        return ['dpo.py', 'config/tiny/dpo.py', f'--init_from={tiny_chain["sft"]}', f'--ref_from={tiny_chain["sft"]}',
+                f'--rankings={tmp_path}/rankings.jsonl', f'--eval_rankings={tmp_path}/eval_rankings.jsonl', '--epochs=3',
+                '--eval_interval=2', '--ckpt_interval=4', '--device=cpu', f'--out_dir={out}']
+    run_script(*args(tmp_path / 'whole'))
+    kill_at_first_checkpoint(args(tmp_path / 'killed'), tmp_path / 'killed')
+    assert 'resuming at iteration 4' in run_script(*args(tmp_path / 'killed')).stdout
+    assert_same_run(tmp_path / 'whole', tmp_path / 'killed', ['metrics.jsonl', 'answers.jsonl'])
+    _, ckpt = load_checkpoint(str(tmp_path / 'killed' / 'ckpt.pt'), 'python dpo.py')  # finished: later stages load it
+    whole = torch.load(tmp_path / 'whole' / 'ckpt.pt', weights_only=True)
+    assert json.dumps(ckpt['metrics']) == json.dumps(whole['metrics'])

@@ -1,7 +1,11 @@
-"""data/alpaca.py and data/hh_rlhf.py on small files in the original data sets' formats (offline)."""
+"""data/alpaca.py and data/hh_rlhf.py on small files in the original data sets' formats (offline), and the
+whole chain of real data (DATA=real bash run.sh) on such files, with its report card scored by a judge RM."""
 import gzip
 import json
+import math
 import os
+import random
+import re
 import subprocess
 import sys
 
@@ -110,6 +114,9 @@ HH_RANKINGS = [
 ]
 
 
+PARTS = ['rankings', 'judge_rankings', 'eval_rankings']  # the proxy half, the judge half, held out
+
+
 @pytest.mark.parametrize('name', ['train.jsonl', 'train.jsonl.gz'])
 def test_hh_rlhf(tmp_path, name):
     text = ''.join(json.dumps(dict(chosen=c, rejected=r)) + '\n' for c, r in HH).encode()
@@ -117,7 +124,46 @@ def test_hh_rlhf(tmp_path, name):
     result = run('data/hh_rlhf.py', tmp_path / name, tmp_path / 'out')
     assert result.returncode == 0, result.stderr
     assert '2 ranked pairs' in result.stdout and 'skipped 3' in result.stdout
-    assert read_jsonl(tmp_path / 'out' / 'rankings.jsonl') == HH_RANKINGS
+    parts = {part: read_jsonl(tmp_path / 'out' / f'{part}.jsonl') for part in PARTS}
+    assert sorted((r for rows in parts.values() for r in rows), key=str) == sorted(HH_RANKINGS, key=str)
+    assert read_jsonl(tmp_path / 'out' / 'prompts.jsonl') == [{'prompt': r['prompt']} for r in parts['rankings']
+                                                              if isinstance(r['prompt'], str)]
+
+
+def first_question(ranking):
+    return ranking['prompt'] if isinstance(ranking['prompt'], str) else ranking['prompt'][0]['content']
+
+
+def test_hh_rlhf_splits_by_the_first_question(tmp_path):
+    """The proxy half, the judge half and the held-out pairs share no first question (so a prompt's pairs,
+    and conversations that open alike, never straddle), hold every usable pair, and are each about their share;
+    the prompt files hold each one-turn prompt of their part once."""
+    hh_file = write_hh(tmp_path / 'train.jsonl.gz')
+    result = run('data/hh_rlhf.py', hh_file, tmp_path / 'out')
+    assert result.returncode == 0, result.stderr
+    parts = {part: read_jsonl(tmp_path / 'out' / f'{part}.jsonl') for part in PARTS}
+    firsts = {part: {first_question(r) for r in rows} for part, rows in parts.items()}
+    assert not (firsts['rankings'] & firsts['judge_rankings'] or firsts['rankings'] & firsts['eval_rankings']
+                or firsts['judge_rankings'] & firsts['eval_rankings'])
+    n = sum(map(len, parts.values()))
+    assert n == len(HH_FIXTURE)
+    for part, share in zip(PARTS, (0.45, 0.45, 0.1)):
+        assert abs(len(parts[part]) / n - share) < 0.1, (part, len(parts[part]))
+    for prompts, part in (('prompts', 'rankings'), ('eval_prompts', 'eval_rankings')):
+        one_turn = [r['prompt'] for r in parts[part] if isinstance(r['prompt'], str)]
+        assert [row['prompt'] for row in read_jsonl(tmp_path / 'out' / f'{prompts}.jsonl')] == list(dict.fromkeys(one_turn))
+    assert f'{len(parts["judge_rankings"])} pairs  the judge RM only' in result.stdout
+
+
+def test_prompt_files_hold_one_turn_prompts(tmp_path):
+    (tmp_path / 'prompts.jsonl').write_text('{"prompt": "Hi!"}\n{"prompt": [{"role": "user", "content": "Hi!"}]}\n')
+    with pytest.raises(SystemExit) as e:
+        hh_rlhf.read_prompts(str(tmp_path / 'prompts.jsonl'))
+    assert str(e.value.code) == f'error: {tmp_path}/prompts.jsonl:2: "prompt" must be a text'
+    (tmp_path / 'empty.jsonl').write_text('')
+    with pytest.raises(SystemExit) as e:
+        hh_rlhf.read_prompts(str(tmp_path / 'empty.jsonl'))
+    assert str(e.value.code).startswith(f'error: {tmp_path}/empty.jsonl: no prompts')
 
 
 PAIR = json.dumps(dict(chosen=conversation('a', 'b'), rejected=conversation('a', 'c')))
@@ -159,3 +205,128 @@ def test_download_is_kept(tmp_path, monkeypatch, capsys):  # a file:// url stand
     assert 'downloaded before' in capsys.readouterr().out
     assert sorted(os.listdir(out_dir)) == ['alpaca_data.json', 'sft.jsonl']
     assert read_jsonl(out_dir / 'sft.jsonl') == [{'messages': m} for m in ALPACA_MESSAGES]
+
+
+# ----------------------------------------------------------------------------- the chain of real data on fixtures
+# Small files in the real formats, made from a few templates: they need not read well, only be parsed as the
+# real ones are, and give each part of the split enough pairs.
+PEOPLE = ['Ada', 'Ben', 'Cleo', 'Dev', 'Eli', 'Fay', 'Gus', 'Hana']
+PLACES = ['garden', 'river', 'kitchen', 'library', 'market', 'harbour', 'forest', 'school']
+DEEDS = ['walked to', 'painted', 'cleaned', 'sang in', 'read about', 'visited', 'drew', 'talked about']
+TOPICS = ['bake bread', 'plant a tree', 'fix a bike', 'learn a song', 'write a letter', 'fold a shirt',
+          'cross a river', 'pack a bag', 'light a fire', 'paint a wall', 'catch a fish', 'hurt my neighbour',
+          'steal a car', 'cheat at cards']
+
+
+def corpus_text(n_docs=260):
+    """Short documents of plain prose, as C4's "text" fields hold."""
+    rng = random.Random(0)
+    return [' '.join(f'{rng.choice(PEOPLE)} {rng.choice(DEEDS)} the {rng.choice(PLACES)} with {rng.choice(PEOPLE)}.'
+                     for _ in range(rng.randint(3, 8))) for _ in range(n_docs)]
+
+
+def alpaca_records():
+    return [dict(instruction=f'How do I {topic}?', input='' if i % 3 else f'I am in the {place}.',
+                 output=f'Ask {person}.' if i % 2 else f'Go slowly, with {person}.')
+            for i, (topic, place, person) in enumerate(zip(TOPICS[:11] * 3, PLACES * 5, PEOPLE * 5))]
+
+
+HH_FIXTURE = (  # one-turn requests (harmful ones get a refusal as the chosen answer), two-turn ones, and repeats
+    [(conversation(f'Can {p} {t} in the {place}?', f'Yes, {p} can {t} there with care.'),
+      conversation(f'Can {p} {t} in the {place}?', 'No idea, go away.')) for p in PEOPLE for t, place in
+     zip(TOPICS[:11], PLACES * 2) if (len(p) + len(t)) % 2]
+    + [(conversation(f'How would {p} {t}?', 'I will not help with that; it would hurt someone.'),
+        conversation(f'How would {p} {t}?', f'Easy: {p} just does it at night.')) for p in PEOPLE for t in TOPICS[11:]]
+    + [(conversation(f'Hello, I am {p}.', 'Hi! How can I help?', f'Where is the {place}?', f'The {place} is near.'),
+        conversation(f'Hello, I am {p}.', 'Hi! How can I help?', f'Where is the {place}?', 'Who cares.'))
+       for p, place in zip(PEOPLE, PLACES)])
+HH_FIXTURE += [HH_FIXTURE[0], HH_FIXTURE[-1]]  # a repeated pair goes where its first copy went
+
+
+def write_hh(path):
+    path.write_bytes(gzip.compress(''.join(json.dumps(dict(chosen=c, rejected=r)) + '\n' for c, r in HH_FIXTURE).encode()))
+    return path
+
+
+def write_fixtures(tmp_path):
+    """{env var: path} of a C4-style .json.gz corpus, an Alpaca JSON array and an HH-RLHF .jsonl.gz."""
+    corpus, alpaca_file = tmp_path / 'c4-train.00000-of-01024.json.gz', tmp_path / 'alpaca_data.json'
+    corpus.write_bytes(gzip.compress(''.join(json.dumps(dict(text=t, url='x')) + '\n' for t in corpus_text()).encode()))
+    alpaca_file.write_text(json.dumps(alpaca_records(), indent=4))
+    return dict(CORPUS_FILE=str(corpus), ALPACA_FILE=str(alpaca_file), HH_FILE=str(write_hh(tmp_path / 'train.jsonl.gz')))
+
+
+def run_real_chain(out, files):
+    env = {**os.environ, 'PYTHON': sys.executable, 'OUT': str(out), 'DATA': 'real', 'PRESET': 'config/real_tiny',
+           'OMP_NUM_THREADS': '1', **files}
+    result = subprocess.run(['bash', 'run.sh'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def card(report):
+    """The report card's tables: {first cell: {column: cell}}, over every table."""
+    rows, header = {}, None
+    for line in report.splitlines():
+        cells = [c.strip() for c in line.strip().strip('|').split('|')] if line.startswith('|') else None
+        if cells is None or set(cells) == {'---'}:
+            header = header if cells else None
+        elif header is None:
+            header = cells
+        else:
+            rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
+def numbers(cell):
+    return [float(x) for x in cell.split(' ± ')]
+
+
+STAGES = ['corpus', 'data', 'alpaca', 'hh_rlhf', 'pretrain', 'sft', 'reward', 'judge', 'bestofk', 'dpo', 'rlhf', 'report']
+POLICIES = ['pretrain', 'sft', 'bestofk', 'dpo', 'rlhf']
+
+
+def test_the_real_chain_on_fixtures_then_the_report_resumes(tmp_path):
+    out, files = tmp_path / 'out', write_fixtures(tmp_path)
+    stdout = run_real_chain(out, files)
+    assert re.findall(r'^== (\w+): done', stdout, flags=re.M) == STAGES
+    for stage in POLICIES + ['reward', 'judge']:
+        assert (out / stage / 'ckpt.pt').exists(), stage
+    report = (out / 'report.md').read_text()
+    rows = card(report)
+    for stage in POLICIES:
+        row = rows[stage]
+        judge, win = numbers(row['judge RM score ± se']), numbers(row['win vs SFT ± se'])
+        assert all(map(math.isfinite, judge + win + numbers(row['KL to SFT']))) and judge[1] >= 0, row
+        assert 0 <= win[0] <= 1 and 1 <= float(row['length']) <= 16, row
+        assert row['proxy RM score'] == '-' or math.isfinite(float(row['proxy RM score']))
+    assert rows['sft']['win vs SFT ± se'] == '0.500 ± 0.000' and rows['sft']['KL to SFT'] == '0.00'
+    assert rows['bestofk']['answers sampled'] == '16' and rows['rlhf']['answers sampled'] == '16'
+    held_out = read_jsonl(out / 'data' / 'hh_rlhf' / 'eval_rankings.jsonl')
+    for rm in ('proxy', 'judge'):
+        row = rows[f'{rm} ({out}/{"reward" if rm == "proxy" else rm})']
+        assert 0 <= float(row['accuracy']) <= 1 and row['pairs'] == str(len(held_out))
+    n_prompts = len(read_jsonl(out / 'data' / 'hh_rlhf' / 'eval_prompts.jsonl')[:6])
+    assert report.count('### ') == 2 and f'{n_prompts} held-out prompts' in report
+
+    # after a kill, or when one stage changed, the report answers again only with the checkpoints it has not seen
+    cached = json.loads((out / 'report' / 'dpo.json').read_text())
+    cached['result']['length'] = 99.0  # (a mark: this row must come from the file)
+    (out / 'report' / 'dpo.json').write_text(json.dumps(cached))
+    os.utime(out / 'rlhf' / 'ckpt.pt')  # PPO ran again (a new modification time): its answers are stale
+    os.utime(out / 'rlhf' / '.done')
+    stdout = run_real_chain(out, files)
+    assert re.findall(r'^== (\w+): done', stdout, flags=re.M) == ['report']
+    again = card((out / 'report.md').read_text())
+    assert again['dpo']['length'] == '99.0'
+    assert {stage for stage in POLICIES if f'{stage}: answered before' in stdout} == {'pretrain', 'sft', 'bestofk', 'dpo'}
+    assert again['rlhf'] == rows['rlhf']  # answered again: the same draws, the same row
+
+    # with no world there is no gold judge: the stages that answer prompts say which files to pass
+    for script, args in (('report.py', [f'--out_dir={out}']),
+                         ('rlhf.py', [f'--init_from={out}/sft', f'--ref_from={out}/sft', f'--reward_model={out}/reward',
+                                      f'--out_dir={tmp_path}/no_prompts'])):
+        result = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True,
+                                env={**os.environ, 'OMP_NUM_THREADS': '1'})
+        assert result.returncode == 1 and result.stderr.startswith('error: ') and '--prompt_file' in result.stderr
+    assert not (tmp_path / 'no_prompts').exists()

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import reward
-from conftest import run_script
-from model import GPT, GPTConfig, make_optimizer, read_jsonl
+from conftest import kill_when, run_script
+from data import tasks
+from model import GPT, GPTConfig, load_checkpoint, make_optimizer, read_jsonl
 
 
 @pytest.mark.parametrize('k', [2, 4, 9])
@@ -73,20 +74,101 @@ def test_tiny_reward_model_learns_a_separable_preference(enc):
     assert (r[:, 0] > r[:, 1]).float().mean() >= 0.9
 
 
-def test_reward_stage_on_the_tiny_chain(tiny_chain, tmp_path):
-    out = str(tmp_path / 'reward')
-    result = run_script('reward.py', f'--policy={tiny_chain["sft"]}', f'--init_from={tiny_chain["sft"]}', f'--out_dir={out}',
-                        '--n_prompts=16', '--k=3', '--n_eval=8', '--max_new_tokens=16', '--batch_size=4', '--device=cpu')
-    assert 'ceiling' in result.stdout
-    rows = [json.loads(line) for line in open(os.path.join(out, 'rankings.jsonl'))]
-    assert len(rows) <= 16 and all(2 <= len(r['answers']) <= 3 and all(a.strip() for a in r['answers']) for r in rows)
-    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
+# ----------------------------------------------------------------------------- the stage: whole, and killed then run again
+
+def killable_args(tiny_chain, out):
+    """The tiny preset (a chunk of 2 prompts sampled at a time, a checkpoint every 4 iterations) on
+    enough prompts that a kill lands in the middle of sampling or of training."""
+    return ['reward.py', 'config/tiny/reward.py', f'--policy={tiny_chain["sft"]}', f'--init_from={tiny_chain["sft"]}',
+            '--n_prompts=64', '--log_interval=1', '--device=cpu', f'--out_dir={out}']
+
+
+def complete_lines(path):
+    """The lines of a file that a writer finished (a kill can cut the last one short: no newline)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line for line in f if line.endswith('\n')]
+
+
+@pytest.fixture(scope='module')
+def whole(tiny_chain, tmp_path_factory):
+    """The out_dir of a run never killed."""
+    out = tmp_path_factory.mktemp('whole')
+    (out / 'stdout.txt').write_text(run_script(*killable_args(tiny_chain, out)).stdout)
+    return out
+
+
+def assert_same_weights(a, b):
+    a, b = (torch.load(os.path.join(d, 'ckpt.pt'), weights_only=True)['model'] for d in (a, b))
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_reward_stage_on_the_tiny_chain(tiny_chain, whole, tmp_path):
+    assert 'ceiling' in (whole / 'stdout.txt').read_text()
+    rows = [json.loads(line) for line in open(whole / 'rankings.jsonl')]
+    assert len(rows) <= 64 and all(2 <= len(r['answers']) <= 3 and all(a.strip() for a in r['answers']) for r in rows)
+    ckpt = torch.load(whole / 'ckpt.pt', weights_only=True)
     assert ckpt['stage'] == 'reward' and ckpt['model_args']['scalar_head'] and 0 <= ckpt['metrics']['acc_label'] <= 1
+    assert sorted(os.listdir(whole)) == ['ckpt.pt', 'eval_rankings.jsonl', 'metrics.jsonl', 'rankings.jsonl',
+                                         'stdout.txt']  # (no partial files left)
     # round 2: start from this RM, add its rankings (K=3) to new ones (K=2)
     out2 = str(tmp_path / 'reward2')
-    run_script('reward.py', f'--policy={tiny_chain["sft"]}', f'--init_from={out}', f'--out_dir={out2}', '--n_prompts=8',
-               '--k=2', '--n_eval=0', '--max_new_tokens=16', f'--rankings={out}/rankings.jsonl', '--device=cpu')
+    run_script('reward.py', f'--policy={tiny_chain["sft"]}', f'--init_from={whole}', f'--out_dir={out2}', '--n_prompts=8',
+               '--k=2', '--n_eval=0', '--max_new_tokens=16', f'--rankings={whole}/rankings.jsonl', '--device=cpu')
     assert os.path.exists(os.path.join(out2, 'ckpt.pt'))
+
+
+def test_reward_killed_while_sampling_keeps_what_it_ranked(tiny_chain, whole, tmp_path):
+    out, args = tmp_path / 'killed', killable_args(tiny_chain, tmp_path / 'killed')
+    partial = out / 'rankings.jsonl.partial'
+    kill_when(args, lambda: len(complete_lines(partial)) >= 3)  # its stamp and two prompts ranked
+    assert not (out / 'rankings.jsonl').exists()  # (the kill fell in the sampling)
+    stamp, *kept = complete_lines(partial)
+    # mark the kept rankings' gold scores (the RM trains on prompts and answers only): sampled again,
+    # they would lose the mark; and end the file with a line cut short, as a kill can leave it
+    marked = [dict(json.loads(line), gold=[-1.0] * len(json.loads(line)['gold'])) for line in kept]
+    partial.write_text(stamp + ''.join(json.dumps(row) + '\n' for row in marked) + '{"prompt": "What is')
+    result = run_script(*args)
+    assert f'{len(kept)} of 64 prompts ranked before, kept' in result.stdout
+    rows = [json.loads(line) for line in open(out / 'rankings.jsonl')]
+    prompts = tasks.prompt_set(tasks.load_world(tiny_chain['data']), 'reward', 64)
+    ranked = [row['prompt'] for row in rows]
+    assert len(set(prompts)) == 64 and len(rows) >= 56
+    assert ranked == [p for p in prompts if p in ranked]  # each at most once, in order
+    assert all(row['gold'] == [-1.0] * len(row['answers']) for row in rows if row['prompt'] in prompts[:len(kept)])
+    # the rest is what a run never killed sampled, and so is what the RM learned from it
+    unmarked = {row['prompt']: row for row in map(json.loads, kept)}
+    reference = [json.loads(line) for line in open(whole / 'rankings.jsonl')]
+    assert [unmarked.get(row['prompt'], row) for row in rows] == reference
+    assert (out / 'eval_rankings.jsonl').read_text() == (whole / 'eval_rankings.jsonl').read_text()
+    assert_same_weights(whole, out)
+    assert not partial.exists() and not (out / 'eval_rankings.jsonl.partial').exists()
+
+
+def test_reward_killed_while_training_goes_on_from_its_checkpoint(tiny_chain, whole, tmp_path):
+    out, args = tmp_path / 'killed', killable_args(tiny_chain, tmp_path / 'killed')
+
+    def between_checkpoints():  # a row or two past a checkpoint (every 4 iterations), two before the next
+        rows = complete_lines(out / 'metrics.jsonl')
+        last = json.loads(rows[-1])['iter'] if rows else 0
+        return last >= 4 and last % 4 < 2
+
+    kill_when(args, between_checkpoints)
+    with pytest.raises(SystemExit, match='has not finished'):  # no later stage takes it for a trained RM
+        load_checkpoint(str(out / 'ckpt.pt'), 'python reward.py')
+    start = torch.load(out / 'ckpt.pt', weights_only=True)['iter_num']
+    first, *rest = complete_lines(out / 'metrics.jsonl')
+    assert json.loads(first)['when'] == 'before' and json.loads(rest[-1])['iter'] >= start  # (rows to write again)
+    # mark the first row: a run that started over would write it again, without the mark
+    (out / 'metrics.jsonl').write_text(json.dumps(dict(json.loads(first), marked=True)) + '\n' + ''.join(rest))
+    assert f'resuming at iteration {start} of' in run_script(*args).stdout
+    assert_same_weights(whole, out)
+    log = [json.loads(line) for line in open(out / 'metrics.jsonl')]
+    assert log[0].pop('marked')
+    reference = [json.loads(line) for line in open(whole / 'metrics.jsonl')]
+    assert log == reference  # each iteration once: the rows before the checkpoint kept, the rest as if never killed
+    assert [row['iter'] for row in log if 'loss' in row] == list(range(reference[-1]['iter']))
 
 
 @pytest.mark.parametrize('line, problem', [

@@ -171,7 +171,7 @@ def test_grpo_stage_on_the_tiny_chain_builds_no_value_model(tiny_chain, tmp_path
     assert ckpt['config']['advantage'] == 'grpo' and not ckpt['model_args']['scalar_head'] and 'gold' in ckpt['metrics']
     train = [json.loads(line) for line in open(f'{out}/metrics.jsonl') if '"train"' in line]
     assert train and all('value_loss' not in row and math.isfinite(row['policy_loss']) for row in train)
-    for bad in (['--advantage=grp'], ['--advantage=rloo', '--group_size=3']):
+    for bad in (['--advantage=grp'], ['--advantage=rloo', '--group_size=3'], ['--eval_interval=0'], ['--ckpt_interval=-1']):
         result = run_script(*args, *bad, f'--out_dir={tmp_path}/bad', check=False)
         assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1 and 'Traceback' not in result.stderr
 

@@ -1,0 +1,2 @@
+batch_size = 4
+warmup_iters = 2
