@@ -13,6 +13,9 @@ It also measures plain best-of-K at inference time (no fine-tuning: sample K, an
 the RM likes best) for K = 1, 2, 4, ..., eval_k on the held-out prompts. That policy's KL to the
 SFT model is known exactly: log K - (K-1)/K (Stiennon et al. 2020; Gao et al. 2022).
 
+Run it again after a kill: it goes on with the answers it kept (saved as soon as chosen) from its
+last fine-tuning checkpoint (every ckpt_interval steps).
+
 A model of real data (run.sh's DATA=real) answers the prompts of files (--prompt_file, --eval_prompt_file:
 data/hh_rlhf.py's prompts.jsonl and eval_prompts.jsonl), and with no gold judge the log has RM scores only.
 """

@@ -292,7 +292,8 @@ def main():
                        rejected_logp=all_mean(logp[worse].mean().detach()), acc=all_mean((h > 0).float().mean()))
             log(kind='train', **row)
             bar.set_postfix(loss=f'{row["loss"]:.3f}', acc=f'{row["acc"]:.2f}')
-        if (ckpt_interval and (it + 1) % ckpt_interval == 0) or it + 1 == iters:  # before that step's evaluation: a kill in it repeats it
+        # (saved before that step's evaluation: a run killed during it does it again)
+        if (ckpt_interval and (it + 1) % ckpt_interval == 0) or it + 1 == iters:
             save(it + 1)
         if (it + 1) % eval_interval == 0 and it + 1 < iters:
             evaluate(it + 1)

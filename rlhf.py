@@ -25,7 +25,9 @@ The four models, all with dropout off (the GPT has none):
   reward      frozen RM: its score at the answer's <|end|>, normalised to mean 0, std 1 over the
               SFT policy's first answers. An answer that never ends within max_new_tokens gets
               unfinished_reward instead (it has no <|end|> for the RM to score).
-The gold judge scores the answers for the log only: no loss reads it.
+The gold judge scores the answers for the log only: no loss reads it. Run it again after a kill:
+it goes on from its last checkpoint (every ckpt_interval iterations: policy, value model, both
+optimizers, the reward normalisation, beta, the random state) as if never killed.
 
 Critic-free advantages (grpo, rloo) keep the KL to the reference where PPO has it: in the reward,
 -beta * (log pi - log pi_ref) summed over the answer's tokens and added to its score (InstructGPT's

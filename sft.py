@@ -10,7 +10,8 @@ Demonstrations are JSONL, one conversation per line:
 The loss counts only the assistant's tokens and its <|end|> (model.render_chat): the model
 learns to answer, not to write questions. Before training and after, it answers the world's
 held-out prompts and the gold judge (data/tasks.py) scores them: the base model prompted with
-the chat template, then the SFT model.
+the chat template, then the SFT model. Run it again after a kill: it goes on from its last
+checkpoint (every ckpt_interval iterations) and ends as a run never killed would.
 """
 import json
 import os
