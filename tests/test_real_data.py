@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from data import alpaca, hh_rlhf
+from data import alpaca, hh_rlhf, tasks, world, world_as_real
+from data.prepare import read_documents
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -330,3 +331,31 @@ def test_the_real_chain_on_fixtures_then_the_report_resumes(tmp_path):
                                 env={**os.environ, 'OMP_NUM_THREADS': '1'})
         assert result.returncode == 1 and result.stderr.startswith('error: ') and '--prompt_file' in result.stderr
     assert not (tmp_path / 'no_prompts').exists()
+
+
+def test_the_world_in_the_formats_of_real_data_and_its_gold_check(tmp_path, monkeypatch):
+    """data/world_as_real.py: the files read back as the world's corpus, demonstrations and ranked
+    pairs; and its check counts a judge RM that agrees with gold, and one that does not, as such."""
+    rankings = [dict(prompt='Tell me where Mira lives.', answers=['Mira lives in Sunvale.', 'Mira.', 'No.', 'I do not know.']),
+                dict(prompt='Could you tell me a story about Leo?', answers=['Leo ran.', 'Leo', 'I will not.'])]
+    (tmp_path / 'rankings.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rankings))
+    monkeypatch.setattr(sys, 'argv', ['world_as_real.py', f'--rankings={tmp_path}/rankings.jsonl', '--n_docs=30',
+                                      '--n_demos=40', f'--out_dir={tmp_path}/out'])
+    world_as_real.main()
+    w = world.make_world(0)
+    assert list(read_documents([str(tmp_path / 'out' / 'corpus.txt')])) == world.corpus(w, 30, 0, 0.1)
+    demos = [alpaca.demonstration(record, where) for where, record in alpaca.read_records(str(tmp_path / 'out' / 'alpaca.json'))]
+    assert demos == [messages[:2] for messages in tasks.demonstrations(w, 40, 0.4, 0)]
+    pairs = [hh_rlhf.ranking(*pair) for pair in hh_rlhf.read_pairs(str(tmp_path / 'out' / 'hh.jsonl.gz'))]
+    assert pairs == [dict(prompt=rankings[0]['prompt'], answers=['Mira lives in Sunvale.', 'I do not know.']),
+                     dict(prompt=rankings[0]['prompt'], answers=['Mira.', 'No.']),
+                     dict(prompt=rankings[1]['prompt'], answers=['Leo ran.', 'I will not.'])]
+    # the check: SFT's answers empty, the stage's good (demonstrations without a flaw), two samples a prompt
+    prompts = [p for p in tasks.prompt_set(w, 'eval', 3) for _ in range(2)]
+    good = [tasks.demonstration(w, p, random.Random(0)) for p in prompts]
+    results = dict(sft=dict(answers=[''] * 6, judge=[0.0] * 6), stage=dict(answers=good, judge=[1.0] * 6))
+    table, agree, n = world_as_real.gold_beside_judge(w, prompts, results, 2)
+    assert table['sft'][1] == table['sft'][2] == (0.5, 0.0)
+    assert table['stage'][0][0] > table['sft'][0][0] and table['stage'][2] == (1.0, 0.0) and agree == 1.0 and n > 0
+    results['stage']['judge'] = [-1.0] * 6  # a judge RM that prefers the empty answers
+    assert world_as_real.gold_beside_judge(w, prompts, results, 2)[1] == 0.0
