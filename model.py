@@ -512,7 +512,7 @@ def resumable(out_dir, config, inputs, device='cpu'):
     changed = [k for k in config if ckpt['config'].get(k) != config[k]]
     if changed or ckpt['inputs'] != input_stamps(inputs):
         why = ', '.join(f'{k} was {ckpt["config"].get(k)!r}' for k in changed) or 'its input checkpoints changed since'
-        print(f'{path}: an unfinished run with other inputs ({why}): starting over')
+        print(f'{path}: an unfinished run of another command ({why}): starting over')
         return None
     return ckpt
 
