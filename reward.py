@@ -163,7 +163,7 @@ def sample_and_rank(model, enc, world, split, n, path, stamp, autocast):
         with open(partial, 'w') as f:  # (written again without the line a kill cut short)
             f.writelines(json.dumps(row) + '\n' for row in [stamp] + rows)
     chunk = max(1, sample_batch // k) * world_size
-    bar = tqdm(total=len(prompts), initial=len(rows), desc=f'answering {split} prompts x{k}', disable=rank_ != 0,
+    bar = tqdm(total=len(prompts), initial=len(rows), desc=f'answering {split} prompts x{k}', disable=rank_ != 0 or not prompts,
                dynamic_ncols=True)
     for start in range(len(rows), len(prompts), chunk):
         # the chunk's own seed: a resumed run samples and ranks it as the killed run would have
@@ -252,8 +252,9 @@ def main():
     del model
     if master:
         gold_first = sum(row['gold'][0] == max(row['gold']) for row in train_rows) / max(len(train_rows), 1)
-        print(f'{len(train_rows)} prompts ranked ({gold_first:.0%} with a best-gold answer first) '
-              f'+ {len(extra)} from {rankings or "no files"}; sampling took {time.time() - t0:.0f} s')
+        sampled = (f'{len(train_rows)} prompts ranked ({gold_first:.0%} with a best-gold answer first) in '
+                   f'{time.time() - t0:.0f} s' if n_prompts else '')
+        print(' + '.join(filter(None, (sampled, extra and f'{len(extra)} rankings from {rankings}'))))
     data = [(row['prompt'], row['answers']) for row in train_rows] + extra
 
     # the reward model: the policy's transformer with a scalar head (or an earlier RM)
