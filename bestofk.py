@@ -28,9 +28,9 @@ import torch.distributed as dist
 
 from data import tasks
 from data.hh_rlhf import read_prompts
-from model import (all_gather, answer_text, configure, input_stamps, load_checkpoint, load_tokenizer, resumable,
-                   rng_states, sample_answers, save_checkpoint, set_rng_states, setup, teardown)
-from reward import answer_rewards
+from model import (all_gather, answer_text, configure, load_checkpoint, load_tokenizer, resumable, sample_answers,
+                   save_checkpoint, save_progress, setup, teardown)
+from reward import score_pairs
 from sft import collate, finetune, tokenize
 
 # ----------------------------------------------------------------------------- config
@@ -80,11 +80,8 @@ def select_best(prompts, answers, scores, k, min_score=float('-inf')):
 @torch.no_grad()
 def score_answers(rm, enc, prompts, tokens, autocast, device):
     """The RM's score of each answer (a row of prompts x answers); -inf for one that never ended."""
-    end, scores = enc.encode_single_token('<|end|>'), []
-    pairs = [(p, answer_text(enc, t)) for p, t in zip(prompts, tokens)]
-    for i in range(0, len(pairs), 64):
-        with autocast:
-            scores += answer_rewards(rm, enc, pairs[i:i + 64], device).float().tolist()
+    end = enc.encode_single_token('<|end|>')
+    scores = score_pairs(rm, enc, [(p, answer_text(enc, t)) for p, t in zip(prompts, tokens)], autocast, device)
     return [s if t and t[-1] == end else float('-inf') for s, t in zip(scores, tokens)]
 
 
@@ -116,7 +113,6 @@ def main():
     resumed = resumable(out_dir, config, inputs, dev)  # a killed run of this command: go on from its checkpoint
     if resumed:
         model.load_state_dict(resumed['model'])
-        set_rng_states(resumed['rng'])
         print(f'resuming at round {resumed["round"] + 1}, step {resumed["iter_num"]}')
     enc = load_tokenizer(ckpt['tokenizer'])
     data_dir = ckpt.get('data_dir', 'out/data/world')
@@ -136,11 +132,9 @@ def main():
         return tokens, score_answers(rm, enc, [p for p in prompts for _ in range(n)], tokens, autocast, dev)
 
     def save(r, it, chosen, optimizer=None):  # what a killed run needs to go on: this round's kept answers, its step
-        rng = rng_states()
-        if master:
-            save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), model, config=config, tokenizer=ckpt['tokenizer'],
-                            stage='bestofk', data_dir=data_dir, finished=False, inputs=input_stamps(inputs), round=r,
-                            iter_num=it, chosen=chosen, optimizer=optimizer and optimizer.state_dict(), rng=rng)
+        save_progress(os.path.join(out_dir, 'ckpt.pt'), model, inputs, config=config, tokenizer=ckpt['tokenizer'],
+                      stage='bestofk', data_dir=data_dir, round=r, iter_num=it, chosen=chosen,
+                      optimizer=optimizer and optimizer.state_dict())
 
     for r in range(resumed['round'] if resumed else 0, rounds):
         if resumed and resumed['round'] == r:  # the answers it kept before the kill, not new ones

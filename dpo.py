@@ -38,9 +38,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import tasks
-from model import (all_gather, all_mean, answer_text, configure, input_stamps, keep_metrics, load_checkpoint, load_tokenizer,
-                   lr_at, make_optimizer, read_jsonl, resumable, rng_states, sample_answers, save_checkpoint, set_rng_states,
-                   setup, teardown)
+from model import (all_gather, all_mean, answer_text, configure, keep_metrics, load_checkpoint, load_tokenizer, lr_at,
+                   make_optimizer, read_jsonl, resumable, sample_answers, save_checkpoint, save_progress, setup, teardown)
 from reward import is_ranking
 from sft import batches, collate, tokenize
 
@@ -250,18 +249,14 @@ def main():
 
     if resumed:
         optimizer.load_state_dict(resumed['optimizer'])
-        set_rng_states(resumed['rng'])
         first, t0 = resumed['first'], t0 - resumed['train_time']
     else:
         first = evaluate(0)
 
     def save(it):
-        """What a killed run needs to go on at step it: weights, optimizer, random state (the sampling's)."""
-        rng = rng_states()
-        if master:
-            save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), policy, **meta, iter_num=it, finished=False,
-                            inputs=input_stamps(inputs), optimizer=optimizer.state_dict(), rng=rng, first=first,
-                            train_time=time.time() - t0)
+        """What a killed run needs to go on at step it: weights, optimizer (and random state, save_progress's)."""
+        save_progress(os.path.join(out_dir, 'ckpt.pt'), policy, inputs, **meta, iter_num=it,
+                      optimizer=optimizer.state_dict(), first=first, train_time=time.time() - t0)
 
     if resumed and start % eval_interval == 0 and start < iters:  # killed during that evaluation: again
         evaluate(start)

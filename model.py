@@ -495,11 +495,19 @@ def input_stamps(paths):
     return {path: [os.path.getsize(path), os.stat(path).st_mtime_ns] for path in paths}
 
 
+def save_progress(path, model, inputs, **state):
+    """A checkpoint that a killed run goes on from (resumable() finds it): state (weights, optimizer, step,
+    ...) with finished=False, the input stamps and every rank's random state (the CPU's and, on CUDA, the
+    GPU's), so the run goes on drawing what it would have drawn. Every rank calls it; rank 0 writes."""
+    rng = all_gather([dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if torch.cuda.is_available() else None)])
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        save_checkpoint(path, model, finished=False, inputs=input_stamps(inputs), rng=rng, **state)
+
+
 def resumable(out_dir, config, inputs, device='cpu'):
-    """The checkpoint that a killed run of this stage left in out_dir/ckpt.pt, to continue from, or
-    None (start over): there is none, it is from a finished run, or from a run with another config or
-    other input checkpoints (inputs: their paths). Saved with finished=False, config=config and
-    inputs=input_stamps(inputs), it holds what the stage needs to go on (weights, optimizer, step, RNG)."""
+    """The checkpoint that a killed run of this stage left in out_dir/ckpt.pt (save_progress), to go on
+    from, with this rank's random state restored from it; or None (start over): there is none, it is from
+    a finished run, or from a run with another config or other input checkpoints (inputs: their paths)."""
     path = os.path.join(out_dir, 'ckpt.pt')
     if not os.path.exists(path):
         return None
@@ -514,6 +522,11 @@ def resumable(out_dir, config, inputs, device='cpu'):
         why = ', '.join(f'{k} was {ckpt["config"].get(k)!r}' for k in changed) or 'its input checkpoints changed since'
         print(f'{path}: an unfinished run of another command ({why}): starting over')
         return None
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if len(ckpt['rng']) == world_size:  # (with another number of ranks: left as seeded)
+        torch.set_rng_state(ckpt['rng'][rank]['cpu'].cpu())  # (map_location may have put it on a GPU)
+        if ckpt['rng'][rank]['cuda'] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(ckpt['rng'][rank]['cuda'].cpu())
     return ckpt
 
 
@@ -526,21 +539,6 @@ def keep_metrics(path, start):
             rows = [line for line in f if line.endswith('\n') and json.loads(line)['iter'] < start]
     with open(path, 'w') as f:
         f.writelines(rows)
-
-
-def rng_states():
-    """Every rank's random state (the CPU's and, on CUDA, the GPU's), for a checkpoint: a resumed run
-    then draws the same numbers as the run that was killed."""
-    return all_gather([dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if torch.cuda.is_available() else None)])
-
-
-def set_rng_states(states):
-    """Restores this rank's random state from rng_states() (with another number of ranks: left as seeded)."""
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    if len(states) == world_size:
-        torch.set_rng_state(states[rank]['cpu'].cpu())  # (a checkpoint loaded onto a GPU put them there)
-        if states[rank]['cuda'] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(states[rank]['cuda'].cpu())
 
 
 def load_checkpoint(path, made_by, device='cpu', scalar_head=None):

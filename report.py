@@ -48,7 +48,7 @@ from data import tasks
 from data.hh_rlhf import read_prompts
 from model import (all_gather, answer_text, configure, input_stamps, load_checkpoint, load_tokenizer, read_jsonl,
                    sample_answers, setup, teardown)
-from reward import answer_rewards, is_ranking
+from reward import evaluate as rm_evaluate, is_ranking, score_pairs
 
 # ----------------------------------------------------------------------------- config
 out_dir = 'out'               # reads out_dir/<stage>/ckpt.pt, writes out_dir/report.md and out_dir/report_*.png
@@ -110,16 +110,6 @@ def read_log(stage):
 
 
 @torch.no_grad()
-def rm_scores(rm, enc, pairs, autocast, dev):
-    """A reward model's raw score of each (prompt, answer), 64 at a time."""
-    scores = []
-    for i in range(0, len(pairs), 64):
-        with autocast:
-            scores += answer_rewards(rm, enc, pairs[i:i + 64], dev).float().tolist()
-    return scores
-
-
-@torch.no_grad()
 def evaluate(model, sft, rm, judge, enc, world, prompts, autocast, dev, desc):
     """One checkpoint's answers to the prompts (each rank a share, gathered in prompt order), judged: a dict of
     the gold judge's summary (None without a world), the judge RM's score of every answer (None without
@@ -130,9 +120,9 @@ def evaluate(model, sft, rm, judge, enc, world, prompts, autocast, dev, desc):
         tokens = sample_answers(model.eval(), enc, mine, max_new_tokens, temperature, progress=desc if rank == 0 else None)
     ended = [t[-1:] == [enc.encode_single_token('<|end|>')] for t in tokens]
     pairs = [(p, answer_text(enc, t)) for p, t in zip(mine, tokens)]
-    rewards = rm_scores(rm, enc, pairs, autocast, dev) if rm is not None else [None] * len(pairs)
+    rewards = score_pairs(rm, enc, pairs, autocast, dev) if rm is not None else [None] * len(pairs)
     rewards = [r if e else None for r, e in zip(rewards, ended)]  # (an answer that never ended has no RM score)
-    judged = rm_scores(judge, enc, pairs, autocast, dev) if judge is not None else [None] * len(pairs)  # (as gold: all)
+    judged = score_pairs(judge, enc, pairs, autocast, dev) if judge is not None else [None] * len(pairs)  # (as gold: all)
     kls = [a - b for a, b in zip(answer_logprob(model, enc, pairs, autocast, dev),
                                  answer_logprob(sft, enc, pairs, autocast, dev))]
     rows = sorted(all_gather(zip(range(rank, len(prompts), size), pairs, ended, rewards, kls, map(len, tokens), judged)))
@@ -367,19 +357,8 @@ def judge_table(results):
                   'answers sampled', 'time'], rows)
 
 
-def rm_accuracy(rm, enc, rankings, autocast, dev):
-    """(share, count) of the ranked pairs (every pair of each ranking's answers, best first) that the RM
-    orders as the labels do, a tie counting half."""
-    scores = rm_scores(rm, enc, [(row['prompt'], a) for row in rankings for a in row['answers']], autocast, dev)
-    agree, start = [], 0
-    for row in rankings:
-        r, start = scores[start:start + len(row['answers'])], start + len(row['answers'])
-        agree += [1.0 if r[i] > r[j] else 0.5 if r[i] == r[j] else 0.0 for i in range(len(r)) for j in range(i + 1, len(r))]
-    return mean(agree), len(agree)
-
-
 def write_judge_report(results, prompts, accuracy):
-    """out_dir/report.md of a chain without a gold judge; accuracy: {RM: (held-out pairwise accuracy, pairs)}."""
+    """out_dir/report.md of a chain without a gold judge; accuracy: {RM: reward.evaluate of the held-out pairs}."""
     lines = ['# Report: every stage on the same held-out prompts, scored by a judge reward model', '',
              f'{len(prompts) // samples} held-out prompts ({prompt_file}), {samples} answers to each sampled at '
              f'temperature {temperature}, at most {max_new_tokens} new tokens. No gold judge knows this data: the judge, '
@@ -392,7 +371,7 @@ def write_judge_report(results, prompts, accuracy):
     if accuracy:
         lines += ['', '## Reward models', '', f'Pairwise accuracy on the held-out pairs of {eval_rankings}, which '
                   'neither RM trained on:', '', *table(['RM', 'accuracy', 'pairs'],
-                                                       [(name, fmt(acc), n) for name, (acc, n) in accuracy.items()])]
+                                                       [(name, fmt(m['acc_label']), m['label_pairs']) for name, m in accuracy.items()])]
     lines += ['', '## Side by side']
     for number, i in enumerate(range(0, min(len(prompts), n_examples * samples), samples), 1):
         lines += ['', f'### {number}. {" ".join(prompts[i].split())}', '']
@@ -470,7 +449,7 @@ def main():
         if world:
             write_report(results, prompts)
         else:
-            accuracy = {f'{name} ({os.path.dirname(path)})': rm_accuracy(m, enc, held_out_pairs, autocast, dev)
+            accuracy = {f'{name} ({os.path.dirname(path)})': rm_evaluate(m, enc, held_out_pairs, autocast, dev)
                         for name, path, m in (('proxy', rm_path(), rm), ('judge', judge_path(), judge))
                         if m is not None and held_out_pairs}
             write_judge_report(results, prompts, accuracy)

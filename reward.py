@@ -39,8 +39,8 @@ from tqdm import tqdm
 
 from data import tasks
 from model import (all_gather, answer_text, configure, input_stamps, keep_metrics, load_checkpoint, load_tokenizer,
-                   lr_at, make_optimizer, prompt_tokens, raw_model, read_jsonl, resumable, rng_states, sample_answers,
-                   save_checkpoint, set_rng_states, setup, teardown)
+                   lr_at, make_optimizer, prompt_tokens, raw_model, read_jsonl, resumable, sample_answers,
+                   save_checkpoint, save_progress, setup, teardown)
 from sft import batches
 
 # ----------------------------------------------------------------------------- config
@@ -134,6 +134,16 @@ def answer_rewards(rm, enc, pairs, device):
     return rm(idx)[0].gather(1, last[:, None]).squeeze(1)
 
 
+@torch.no_grad()
+def score_pairs(rm, enc, pairs, autocast, device):
+    """answer_rewards of any number of (prompt, answer) pairs, 64 at a time: a list of floats."""
+    scores = []
+    for i in range(0, len(pairs), 64):
+        with autocast:
+            scores += answer_rewards(rm, enc, pairs[i:i + 64], device).float().tolist()
+    return scores
+
+
 def kept_rows(partial, stamp):
     """The rankings that a killed run of the same command (the same stamp, the file's first line)
     wrote to partial; [] if there are none. A line cut short by the kill has no newline: dropped."""
@@ -206,7 +216,7 @@ def evaluate(rm, enc, rows, autocast, device):
         with autocast:
             r = answer_rewards(rm, enc, [(row['prompt'], a) for row in batch for a in row['answers']], device)
         for row, rs in zip(batch, r.float().split([len(row['answers']) for row in batch])):
-            rs, g = rs.tolist(), row['gold']
+            rs, g = rs.tolist(), row.get('gold', [0.0] * len(rs))  # (rankings of real data have no gold: no gold pairs)
             for a in range(len(rs)):
                 for b in range(a + 1, len(rs)):  # a is ranked above b
                     agree_label.append(1.0 if rs[a] > rs[b] else 0.5 if rs[a] == rs[b] else 0.0)
@@ -221,7 +231,7 @@ def evaluate(rm, enc, rows, autocast, device):
     norm = math.sqrt(sum((r - mr) ** 2 for r in rewards) * sum((g - mg) ** 2 for g in golds)) or 1.0
     return dict(acc_label=mean(agree_label), acc_gold=mean(agree_gold), ceiling=mean(ceiling),
                 corr_gold=cov / norm, rm_mean=mr, rm_std=math.sqrt(mean([(r - mr) ** 2 for r in rewards])),
-                gold_pairs=len(agree_gold))
+                gold_pairs=len(agree_gold), label_pairs=len(agree_label))
 
 
 def main():
@@ -277,7 +287,6 @@ def main():
     ckpt_path, metrics_path = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'metrics.jsonl')
     if resumed:
         before, t0 = resumed['before'], time.time() - resumed['train_time']
-        set_rng_states(resumed['rng'])
     else:
         before = evaluate(rm, enc, eval_rows, autocast, dev) if eval_rows else {}
 
@@ -318,11 +327,8 @@ def main():
             bar.set_postfix(loss=f'{loss.item():.3f}')
             log(iter=it, loss=loss.item(), lr=step_lr)
         if ckpt_interval and (it + 1) % ckpt_interval == 0 and it + 1 < iters:
-            rng = rng_states()  # (every rank's: all of them take part)
-            if master:
-                save_checkpoint(ckpt_path, rm, **meta, finished=False, inputs=input_stamps(inputs),
-                                iter_num=it + 1, optimizer=optimizer.state_dict(), rng=rng, before=before,
-                                train_time=time.time() - t0)
+            save_progress(ckpt_path, rm, inputs, **meta, iter_num=it + 1, optimizer=optimizer.state_dict(),
+                          before=before, train_time=time.time() - t0)
     bar.close()
     rm.eval()
     after = dict(evaluate(rm, enc, eval_rows, autocast, dev), splits={

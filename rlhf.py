@@ -48,9 +48,8 @@ from tqdm import tqdm
 
 from data import tasks
 from data.hh_rlhf import read_prompts
-from model import (all_gather, all_mean, answer_text, configure, input_stamps, keep_metrics, load_checkpoint, load_tokenizer,
-                   make_optimizer, prompt_tokens, raw_model, resumable, rng_states, save_checkpoint, set_rng_states, setup,
-                   teardown)
+from model import (all_gather, all_mean, answer_text, configure, keep_metrics, load_checkpoint, load_tokenizer,
+                   make_optimizer, prompt_tokens, raw_model, resumable, save_checkpoint, save_progress, setup, teardown)
 
 # ----------------------------------------------------------------------------- config
 init_from = 'out/sft'         # the policy starts here (round 2: out/rlhf)
@@ -337,15 +336,9 @@ def main():
         with open(os.path.join(out_dir, 'metrics.jsonl'), 'a') as f:
             f.write(json.dumps(row) + '\n')
 
-    def save(it, finished, **extra):
-        """The policy; before the end also what a killed run needs to go on (value model, optimizers, RNG)."""
-        go_on = {} if finished else dict(finished=False, inputs=input_stamps(inputs), first=first, beta=kl_coef,
-                                         value=value and value.state_dict(), opt_policy=opt_policy.state_dict(),
-                                         opt_value=opt_value and opt_value.state_dict(), rng=rng_states())
-        if master:
-            save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), policy, config=config, tokenizer=ckpt['tokenizer'],
-                            stage='rlhf', data_dir=data_dir, iter_num=it, rm_norm=norm, train_time=time.time() - t0,
-                            answers_sampled=it * batch_size * world_size, **go_on, **extra)
+    def meta(it):  # what every checkpoint of the policy holds beside its weights
+        return dict(config=config, tokenizer=ckpt['tokenizer'], stage='rlhf', data_dir=data_dir, iter_num=it,
+                    rm_norm=norm, train_time=time.time() - t0, answers_sampled=it * batch_size * world_size)
 
     # a killed run of this command goes on from its last checkpoint
     inputs = [os.path.join(d, 'ckpt.pt') for d in (init_from, ref_from, reward_model)] + \
@@ -360,7 +353,6 @@ def main():
             value.load_state_dict(resumed['value'])
             opt_value.load_state_dict(resumed['opt_value'])
         norm.update(resumed['rm_norm'])
-        set_rng_states(resumed['rng'])
     if master:
         os.makedirs(out_dir, exist_ok=True)
         keep_metrics(os.path.join(out_dir, 'metrics.jsonl'), start)
@@ -395,11 +387,13 @@ def main():
             bar.set_postfix(rm=f'{row["rm_score"]:+.2f}', kl=f'{kl:.2f}', gold='-' if gold is None else f'{gold:.2f}')
         evaluating = (it + 1) % eval_interval == 0 or it + 1 == iters
         if evaluating or (ckpt_interval and (it + 1) % ckpt_interval == 0):  # (saved before the long evaluation)
-            save(it + 1, finished=False)
+            save_progress(os.path.join(out_dir, 'ckpt.pt'), policy, inputs, **meta(it + 1), first=first, beta=kl_coef,
+                          value=value and value.state_dict(), opt_policy=opt_policy.state_dict(),
+                          opt_value=opt_value and opt_value.state_dict())  # (what a killed run needs to go on)
         if evaluating:
             last, summary = evaluate(it + 1)
-    save(iters, finished=True, metrics=last)
     if master:
+        save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), policy, **meta(iters), metrics=last)
         gold = f'gold score {first["gold"]:.3f} -> {last["gold"]:.3f} ({last["gold"] - first["gold"]:+.3f}), ' if world else ''
         print(f'held-out {gold}RM score {first["rm_score"]:+.3f} -> {last["rm_score"]:+.3f}, KL to SFT {last["kl"]:.2f} '
               f'nats per answer\n' + (tasks.report(summary) + '\n' if summary else '')

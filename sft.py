@@ -25,9 +25,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import tasks
-from model import (all_gather, all_mean, answer_text, configure, input_stamps, keep_metrics, load_checkpoint, load_tokenizer,
-                   lr_at, make_optimizer, raw_model, read_jsonl, render_chat, resumable, rng_states, sample_answers,
-                   save_checkpoint, set_rng_states, setup, teardown)
+from model import (all_gather, all_mean, answer_text, configure, keep_metrics, load_checkpoint, load_tokenizer, lr_at,
+                   make_optimizer, raw_model, read_jsonl, render_chat, resumable, sample_answers, save_checkpoint,
+                   save_progress, setup, teardown)
 
 # ----------------------------------------------------------------------------- config
 init_from = 'out/pretrain'    # the pretrained model
@@ -218,18 +218,11 @@ def main():
 
     t0 = time.time() - (resumed['train_time'] if resumed else 0)
     meta = dict(config=config, tokenizer=ckpt['tokenizer'], stage='sft', data_dir=data_dir)
-    if resumed:
-        before = resumed['before']
-        set_rng_states(resumed['rng'])
-    else:
-        before = evaluate(0, model, 'base')
+    before = resumed['before'] if resumed else evaluate(0, model, 'base')
 
     def save(it, optimizer):  # (the last one is saved before the long evaluation)
-        rng = rng_states()
-        if master:
-            save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), model, **meta, iter_num=it, finished=False,
-                            inputs=input_stamps(inputs), optimizer=optimizer.state_dict(), rng=rng, before=before,
-                            train_time=time.time() - t0)
+        save_progress(os.path.join(out_dir, 'ckpt.pt'), model, inputs, **meta, iter_num=it,
+                      optimizer=optimizer.state_dict(), before=before, train_time=time.time() - t0)
 
     finetune(model, train_set, max_iters, lr, batch_size, autocast, dev, min_lr, warmup_iters, weight_decay,
              grad_clip, seed, compile, lambda it, m: evaluate(it, m, None), eval_interval, save=save,

@@ -16,7 +16,6 @@ before it, and so on. --check reads the answers report.py kept (out/world_as_rea
 """
 import gzip
 import json
-import math
 import os
 import sys
 
@@ -24,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import model                   # noqa: E402
 from data import prepare, tasks, world    # noqa: E402
 from data.hh_rlhf import read_prompts    # noqa: E402
+from report import mean_and_stderr    # noqa: E402
 
 # -----------------------------------------------------------------------------
 rankings = 'out/reward/rankings.jsonl'  # a world chain's ranked answers (reward.py writes them)
@@ -59,11 +59,6 @@ def write_files(w):
         f.writelines(json.dumps(pair) + '\n' for pair in pairs)
     print(f'{out_dir}: corpus.txt ({n_docs:,} documents), alpaca.json ({n_demos:,} demonstrations), '
           f'hh.jsonl.gz ({len(pairs):,} pairs from {len(rows):,} rankings in {rankings})')
-
-
-def mean_and_stderr(xs):
-    m = sum(xs) / len(xs)
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / max(len(xs) - 1, 1) / len(xs))
 
 
 def gold_beside_judge(w, prompts, results, samples):

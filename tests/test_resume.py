@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import kill_when, run_script
-from model import GPT, GPTConfig, input_stamps, load_checkpoint, resumable, save_checkpoint
+from model import GPT, GPTConfig, input_stamps, load_checkpoint, resumable, save_checkpoint, save_progress
 
 
 def kill_at_first_checkpoint(args, out_dir):
@@ -71,8 +71,10 @@ def test_resumable_only_from_an_unfinished_run_of_the_same_command(tmp_path, cap
     config = dict(lr=1e-3, out_dir=str(tmp_path))
     path = str(tmp_path / 'ckpt.pt')
     assert resumable(str(tmp_path), config, inputs) is None  # nothing there yet
-    save_checkpoint(path, model, config=config, inputs=input_stamps(inputs), finished=False, iter_num=7)
+    save_progress(path, model, inputs, config=config, iter_num=7)
+    drawn = torch.rand(3)
     assert resumable(str(tmp_path), config, inputs)['iter_num'] == 7
+    assert torch.equal(torch.rand(3), drawn)  # the random state of the save, back: the same draws again
     assert resumable(str(tmp_path), dict(config, lr=2e-3), inputs) is None
     assert 'lr was 0.001' in capsys.readouterr().out
     os.utime(inputs[0], ns=(0, 0))  # the input checkpoint was written again since
