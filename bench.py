@@ -189,8 +189,11 @@ def sample(dev, autocast, peak):
         lengths = [(len(prompt_tokens(enc, p)), len(a)) for p, a in zip(prompts * sample_rounds, answers[name])]
         tokens = sum(n for _, n in lengths) / sample_rounds
         tok_s[name] = tokens / seconds[name]
-        # forward FLOPs per answer of T = prompt + answer tokens: 2 N T for the matmuls, 2 L d T^2 for attention
-        flops = sum(2 * params * (P + n) + 2 * cfg.n_layer * cfg.n_embd * (P + n) ** 2 for P, n in lengths) / sample_rounds
+        # forward FLOPs: 2 N per token for the matmuls, 2 L d T^2 for attention over T tokens; a prompt
+        # asked k times is read once (its P tokens: 2 N P + 2 L d P^2), each answer's n tokens after it
+        attention = lambda T: 2 * cfg.n_layer * cfg.n_embd * T ** 2
+        flops = sum(2 * params * n + attention(P + n) - attention(P) + (2 * params * P + attention(P)) / k
+                    for P, n in lengths) / sample_rounds
         print(f'sample_answers {name:9s} {len(prompts) / seconds[name]:7.1f} answers/s  {tokens / seconds[name]:8,.0f} '
               f'answer tokens/s  {flops / seconds[name] / 1e9:7.2f} GFLOP/s ({100 * flops / seconds[name] / peak:.1f}% '
               f'of peak)  {tokens / len(prompts):.0f} tokens/answer')

@@ -47,19 +47,22 @@ class RMSNormFunction(torch.autograd.Function):
     """RMSNorm (Zhang & Sennrich 2019, eq. 4): y = x / sqrt(mean(x^2) + eps) * w, the math of
     nn.RMSNorm, in fewer passes over memory on a CPU, where torch runs it as six separate ops.
     The gradient by hand: with r = 1 / sqrt(mean(x^2) + eps), x^ = x r and g = dy w,
-    dx = r (g - x^ mean(g x^)) and dw = the sum over positions of dy x^."""
+    dx = r (g - x^ mean(g x^)) and dw = the sum over positions of dy x^ (mean(g x^) is then
+    (dy x^) . w / n_embd, one pass fewer)."""
     @staticmethod
     def forward(ctx, x, weight, eps):
         r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.size(-1)).add_(eps).rsqrt_()
-        ctx.save_for_backward(x, weight, r)
-        return (x * r).mul_(weight)
+        normed = x * r
+        ctx.save_for_backward(normed, weight, r)
+        return normed * weight
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, r = ctx.saved_tensors
-        normed, g = x * r, dy * weight
-        dx = torch.addcmul(g, normed, (g * normed).mean(-1, keepdim=True), value=-1).mul_(r)
-        return dx, (dy * normed).flatten(0, -2).sum(0), None
+        normed, weight, r = ctx.saved_tensors
+        dy_normed = dy * normed
+        mean = (dy_normed @ weight).unsqueeze(-1) / weight.size(0)  # mean(g x^)
+        dx = torch.addcmul(dy * weight, normed, mean, value=-1).mul_(r)
+        return dx, dy_normed.flatten(0, -2).sum(0), None
 
 
 class RMSNorm(nn.RMSNorm):
@@ -242,7 +245,8 @@ class GPT(nn.Module):
             if stop_token is not None:
                 so_far = lengths[rows]  # (a row's first stop only; where(), not a mask: no GPU sync per token)
                 lengths[rows] = torch.where((idx[:, 0] == stop_token) & (so_far == max_new_tokens), t + 1, so_far)
-                if t % 8 == 7 or on_token is not None:  # every 8 steps (each check syncs a GPU), or when streaming
+                # finished rows leave at once on a CPU or when streaming; on a GPU every 8 steps (a check waits for it)
+                if device.type == 'cpu' or on_token is not None or t % 8 == 7:
                     going = lengths[rows] == max_new_tokens
                     if not going.all():  # the finished rows leave
                         order = drop_rows(cache, going)
