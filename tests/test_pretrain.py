@@ -110,7 +110,7 @@ def test_resume_continues_with_the_same_losses(data_dir, tmp_path):
 def test_torchrun_two_ranks_stay_in_sync_and_match_one_process(data_dir, tmp_path):
     common = [*TINY, f'--data_dir={data_dir}', '--max_iters=6', '--eval_interval=3']
     ddp, single = str(tmp_path / 'ddp'), str(tmp_path / 'single')
-    run('-m', 'torch.distributed.run', '--nproc_per_node=2', 'tests/ddp_sync.py', *common, f'--out_dir={ddp}')
+    run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'tests/ddp_sync.py', *common, f'--out_dir={ddp}')
     run('pretrain.py', *common, f'--out_dir={single}', '--grad_accum_steps=2')
     with open(os.path.join(ddp, 'rank_params.json')) as f:
         checksums = json.load(f)
