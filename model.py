@@ -479,6 +479,13 @@ def read_jsonl(paths, check, expected):
     return rows
 
 
+def write_jsonl(path, rows):
+    """Writes rows as JSONL, to path.tmp first: a kill leaves the old file or the new, never half of one."""
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + '\n' for row in rows)
+    os.replace(path + '.tmp', path)
+
+
 def raw_model(model):
     """The plain GPT inside a DDP and/or torch.compile wrapper."""
     model = getattr(model, 'module', model)

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from data import tasks
 from model import (all_gather, answer_text, configure, input_stamps, keep_metrics, load_checkpoint, load_tokenizer,
                    lr_at, make_optimizer, prompt_tokens, raw_model, read_jsonl, resumable, sample_answers,
-                   save_checkpoint, save_progress, setup, teardown)
+                   save_checkpoint, save_progress, setup, teardown, write_jsonl)
 from sft import batches
 
 # ----------------------------------------------------------------------------- config
@@ -198,9 +198,7 @@ def sample_and_rank(model, enc, world, split, n, path, stamp, autocast):
     bar.close()
     rows = [row for row in rows if len(row['answers']) >= 2]
     if rank_ == 0:
-        with open(path + '.tmp', 'w') as f:
-            f.writelines(json.dumps(row) + '\n' for row in rows)
-        os.replace(path + '.tmp', path)
+        write_jsonl(path, rows)
     return rows
 
 

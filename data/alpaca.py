@@ -93,9 +93,7 @@ def main():
         sys.exit(f'error: {path}: no demonstrations')
     os.makedirs(out_dir, exist_ok=True)
     out = os.path.join(out_dir, 'sft.jsonl')
-    with open(out + '.tmp', 'w', encoding='utf-8') as f:
-        f.writelines(json.dumps(dict(messages=m), ensure_ascii=False) + '\n' for m in demos)
-    os.replace(out + '.tmp', out)
+    model.write_jsonl(out, [dict(messages=m) for m in demos])
     print(f'{out}: {len(demos):,} demonstrations from {path}')
 
 

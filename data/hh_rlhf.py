@@ -118,12 +118,6 @@ def read_prompts(path, n=0):
     return prompts[:n or None]
 
 
-def write_jsonl(path, rows):
-    with open(path + '.tmp', 'w', encoding='utf-8') as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + '\n' for r in rows)
-    os.replace(path + '.tmp', path)
-
-
 def main():
     model.configure(globals())
     if not (0 < eval_share and 0 < judge_share and eval_share + judge_share < 1):
@@ -144,7 +138,7 @@ def main():
     files = dict(rankings=parts['proxy'], judge_rankings=parts['judge'], eval_rankings=parts['eval'],
                  prompts=[dict(prompt=p) for p in prompts], eval_prompts=[dict(prompt=p) for p in eval_prompts])
     for name, rows in files.items():
-        write_jsonl(os.path.join(out_dir, f'{name}.jsonl'), rows)
+        model.write_jsonl(os.path.join(out_dir, f'{name}.jsonl'), rows)
     print(f'{len(rankings):,} ranked pairs from {path}; skipped {sum(skipped.values()):,}{why}\n'
           f'split by a hash of the first question into {out_dir}/:\n'
           f'  rankings.jsonl        {len(parts["proxy"]):7,} pairs  proxy: the RM and DPO '

@@ -169,9 +169,7 @@ def main():
         sentences = [s for d in docs for s in re.split(r'(?<=[.!?]) ', d)]
         print(f'world: {len(docs):,} documents, {len(sentences):,} sentences, {len(set(sentences)):,} distinct')
         demos = tasks.demonstrations(world.make_world(seed), n_demos, flaw_rate, seed)
-        with open(os.path.join(out_dir, 'sft.jsonl.tmp'), 'w') as f:  # the chat demonstrations for sft.py
-            f.writelines(json.dumps(dict(messages=messages)) + '\n' for messages in demos)
-        os.replace(os.path.join(out_dir, 'sft.jsonl.tmp'), os.path.join(out_dir, 'sft.jsonl'))
+        model.write_jsonl(os.path.join(out_dir, 'sft.jsonl'), [dict(messages=m) for m in demos])  # for sft.py
         print(f'{n_demos:,} demonstrations ({flaw_rate:.0%} with a flaw) in {out_dir}/sft.jsonl')
     if tokenizer == 'bpe' and not 256 <= vocab_size <= 2**16 - len(model.SPECIAL_TOKENS):
         sys.exit(f'error: vocab_size must be between 256 (the bytes) and {2**16 - len(model.SPECIAL_TOKENS)}')
