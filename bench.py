@@ -1,8 +1,6 @@
-"""
-Speed, timed in alternating rounds on the same machine so that noise hits both sides.
---mode=train: training tokens/s and MFU of model.py's GPT for a given config, side by side with a
-GPT-2-style model of the same width and depth (the block nanoGPT uses: LayerNorm, learned
-positions, GELU MLP).
+"""Speed, timed in alternating rounds on the same machine so that noise hits both sides.
+--mode=train: training tokens/s and MFU of model.py's GPT, side by side with a GPT-2-style model of
+the same width and depth (nanoGPT's block: LayerNorm, learned positions, GELU MLP).
 --mode=sample: sampling on a checkpoint as the stages do it (model.sample_answers on the world's RL
 prompts): answers/s, tokens/s, FLOP/s; then generate (KV cache) side by side with a nanoGPT-style
 generate that runs the whole context through the model for every new token.
@@ -19,14 +17,15 @@ import os
 import sys
 import time
 from dataclasses import asdict
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from data import tasks
-from model import (GPT, GPTConfig, configure, flops_per_token, load_checkpoint, load_tokenizer, make_optimizer,
-                   peak_flops, prompt_tokens, sample_answers, setup)
+from model import (GPT, GPTConfig, configure, flops_per_token, load_checkpoint, load_tokenizer,
+                   make_optimizer, peak_flops, prompt_tokens, sample_answers, setup)
 
 # -----------------------------------------------------------------------------
 mode = 'train'             # 'train' or 'sample'
@@ -66,8 +65,10 @@ class GPT2Block(nn.Module):
 
     def forward(self, x):
         B, T, C = x.shape
-        q, k, v = (t.view(B, T, self.h, C // self.h).transpose(1, 2) for t in self.qkv(self.ln1(x)).split(C, dim=2))
-        x = x + self.proj(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C))
+        q, k, v = (t.view(B, T, self.h, C // self.h).transpose(1, 2)
+                   for t in self.qkv(self.ln1(x)).split(C, dim=2))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
         return x + self.out(F.gelu(self.fc(self.ln2(x))))
 
 
@@ -75,7 +76,8 @@ class GPT2(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.config = cfg
-        self.wte, self.wpe = nn.Embedding(cfg.vocab_size, cfg.n_embd), nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.blocks = nn.ModuleList(GPT2Block(cfg.n_embd, cfg.n_head) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=False)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
@@ -92,7 +94,7 @@ class GPT2(nn.Module):
         return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
-def other_model_py():
+def other_model_py(compare):
     """The module at the path `compare` (another version of model.py), or None."""
     if not compare:
         return None
@@ -104,59 +106,63 @@ def other_model_py():
     return module
 
 
-def alternate(runs, rounds, dev):
-    """Seconds of each run (a dict of functions): the fastest of alternating rounds (noise from
-    other processes only ever slows a round down)."""
-    times = {name: [] for name in runs}
+def alternate(runs, rounds, device):
+    """(seconds, results) of each run (a dict of functions): the fastest of alternating rounds
+    (noise from other processes only ever slows a round down), and what each round returned."""
+    times, results = {name: [] for name in runs}, {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
-            if dev.startswith('cuda'):
+            if device.startswith('cuda'):
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            run()
-            if dev.startswith('cuda'):
+            results[name].append(run())
+            if device.startswith('cuda'):
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - t0)
-    return {name: min(t) for name, t in times.items()}
+    return {name: min(t) for name, t in times.items()}, results
 
 
-def train(dev, autocast, peak):
-    cfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
-    other = other_model_py()
-    models = ({'model.py GPT': GPT(cfg)} | ({'compare': other.GPT(other.GPTConfig(**asdict(cfg)))} if other else {})
-              | ({'GPT-2 style': GPT2(cfg)} if baseline else {}))
-    x = torch.randint(vocab_size, (batch_size, block_size), device=dev)
-    y = torch.randint(vocab_size, (batch_size, block_size), device=dev)
+def train_steps(model, optimizer, x, y, steps, autocast):
+    """One round of train: `steps` optimizer steps on the batch (x, y)."""
+    for _ in range(steps):
+        with autocast:
+            loss = model(x, y)[1]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def train(cfg, batch_size, rounds, steps_per_round, compile, baseline, other, device, autocast,
+          peak):
+    """Training tokens/s and MFU of model.py's GPT (cfg), of `other` model.py and of GPT2."""
+    models = {'model.py GPT': GPT(cfg)}
+    models |= {'compare': other.GPT(other.GPTConfig(**asdict(cfg)))} if other else {}
+    models |= {'GPT-2 style': GPT2(cfg)} if baseline else {}
+    x = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size), device=device)
+    y = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size), device=device)
     steps = {}
     for name, model in models.items():
-        model.to(dev).train()
-        optimizer = make_optimizer(model, 1e-4, 0.1, dev)
-        compiled = torch.compile(model) if compile and dev.startswith('cuda') else model
-
-        def step(compiled=compiled, optimizer=optimizer):
-            for _ in range(steps_per_round):
-                with autocast:
-                    loss = compiled(x, y)[1]
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        step()  # warm up (and compile)
-        steps[name] = step
-    seconds = alternate(steps, rounds, dev)
-    print(f'batch {batch_size} x {block_size}, {rounds} rounds of {steps_per_round} steps')
+        model.to(device).train()
+        optimizer = make_optimizer(model, 1e-4, 0.1, device)
+        compiled = torch.compile(model) if compile and device.startswith('cuda') else model
+        steps[name] = partial(train_steps, compiled, optimizer, x, y, steps_per_round, autocast)
+        steps[name]()  # warm up (and compile)
+    seconds = alternate(steps, rounds, device)[0]
+    print(f'batch {batch_size} x {cfg.block_size}, {rounds} rounds of {steps_per_round} steps')
     tok_s = {}
     for name, model in models.items():
-        tok_s[name] = steps_per_round * batch_size * block_size / seconds[name]
+        tok_s[name] = steps_per_round * batch_size * cfg.block_size / seconds[name]
         flops = flops_per_token(model) * tok_s[name]
-        print(f'{name:14s} {model.num_params() / 1e6:7.2f}M params  {tok_s[name]:>10,.0f} tokens/s  '
-              f'{flops / 1e12:7.3f} TFLOP/s  MFU {100 * flops / peak:5.1f}%' + ('' if math.isfinite(peak) else ' (unknown peak)'))
+        print(f'{name:14s} {model.num_params() / 1e6:7.2f}M params  {tok_s[name]:>10,.0f} '
+              f'tokens/s  {flops / 1e12:7.3f} TFLOP/s  MFU {100 * flops / peak:5.1f}%'
+              + ('' if math.isfinite(peak) else ' (unknown peak)'))
     for name in tok_s:
         if name != 'model.py GPT':
             print(f'ratio model.py / {name}: {tok_s["model.py GPT"] / tok_s[name]:.2f}')
 
 
 @torch.no_grad()
-def generate_recompute(model, prompts, new_tokens):
+def generate_recompute(model, prompts, new_tokens, temperature):
     """nanoGPT's generate: the whole (left-padded) context through the model for every new token."""
     longest = max(len(p) for p in prompts)
     device = next(model.parameters()).device
@@ -168,62 +174,74 @@ def generate_recompute(model, prompts, new_tokens):
     return idx[:, longest:]
 
 
-def sample(dev, autocast, peak):
-    model, meta = load_checkpoint(os.path.join(ckpt, 'ckpt.pt'), 'the stage that writes it', dev, scalar_head=False)
+def sample(ckpt, data_dir, n_prompts, k, max_new_tokens, temperature, batch_size, rounds, other,
+           device, autocast, peak):
+    """Sampling speed on a checkpoint: sample_answers, then generate against generate_recompute."""
+    path = os.path.join(ckpt, 'ckpt.pt')
+    model, meta = load_checkpoint(path, 'the stage that writes it', device, scalar_head=False)
     enc = load_tokenizer(meta['tokenizer'])
-    prompts = [p for p in tasks.prompt_set(tasks.load_world(data_dir), 'rl', n_prompts) for _ in range(k)]
-    other = other_model_py()
+    prompts = [p for p in tasks.prompt_set(tasks.load_world(data_dir), 'rl', n_prompts)
+               for _ in range(k)]
     models = {'model.py': model.eval()}
     if other:
-        models['compare'] = other.GPT(other.GPTConfig(**asdict(model.config))).to(dev).eval()
+        models['compare'] = other.GPT(other.GPTConfig(**asdict(model.config))).to(device).eval()
         models['compare'].load_state_dict(model.state_dict())
     cfg, params = model.config, model.num_params()
-    answers, runs = {name: [] for name in models}, {}
-    for name, m in models.items():  # sample_answers as the stages call it
-        def run(m=m, answers=answers[name], sample_answers=other.sample_answers if name == 'compare' else sample_answers):
-            with autocast:
-                answers += sample_answers(m, enc, prompts, max_new_tokens, temperature, sample_batch_size)
-        runs[name] = run
-    seconds, tok_s = alternate(runs, sample_rounds, dev), {}
+    runs = {name: partial(other.sample_answers if name == 'compare' else sample_answers, m, enc,
+                          prompts, max_new_tokens, temperature, batch_size)
+            for name, m in models.items()}  # sample_answers as the stages call it
+    with autocast:
+        seconds, answers = alternate(runs, rounds, device)
+    tok_s = {}
     for name in models:
-        lengths = [(len(prompt_tokens(enc, p)), len(a)) for p, a in zip(prompts * sample_rounds, answers[name])]
-        tokens = sum(n for _, n in lengths) / sample_rounds
+        lengths = [(len(prompt_tokens(enc, p)), len(a))
+                   for p, a in zip(prompts * rounds, sum(answers[name], []))]
+        tokens = sum(n for _, n in lengths) / rounds
         tok_s[name] = tokens / seconds[name]
-        # forward FLOPs: 2 N per token for the matmuls, 2 L d T^2 for attention over T tokens; a prompt
-        # asked k times is read once (its P tokens: 2 N P + 2 L d P^2), each answer's n tokens after it
-        attention = lambda T: 2 * cfg.n_layer * cfg.n_embd * T ** 2
-        flops = sum(2 * params * n + attention(P + n) - attention(P) + (2 * params * P + attention(P)) / k
-                    for P, n in lengths) / sample_rounds
-        print(f'sample_answers {name:9s} {len(prompts) / seconds[name]:7.1f} answers/s  {tokens / seconds[name]:8,.0f} '
-              f'answer tokens/s  {flops / seconds[name] / 1e9:7.2f} GFLOP/s ({100 * flops / seconds[name] / peak:.1f}% '
-              f'of peak)  {tokens / len(prompts):.0f} tokens/answer')
+        # forward FLOPs: 2 N per token for the matmuls, 2 L d T^2 for attention over T tokens; a
+        # prompt asked k times is read once (its P tokens: 2 N P + 2 L d P^2), each answer after it
+        ld2 = 2 * cfg.n_layer * cfg.n_embd
+        flops = sum(2 * params * n + ld2 * (P + n) ** 2 - ld2 * P ** 2
+                    + (2 * params * P + ld2 * P ** 2) / k for P, n in lengths) / rounds
+        print(f'sample_answers {name:9s} {len(prompts) / seconds[name]:7.1f} answers/s  '
+              f'{tokens / seconds[name]:8,.0f} answer tokens/s  {flops / seconds[name] / 1e9:7.2f} '
+              f'GFLOP/s ({100 * flops / seconds[name] / peak:.1f}% of peak)  '
+              f'{tokens / len(prompts):.0f} tokens/answer')
     if other:
-        print(f'sample_answers tokens/s, model.py / compare: {tok_s["model.py"] / tok_s["compare"]:.2f}x '
-              f'({n_prompts} prompts x {k} answers in batches of {sample_batch_size}, {sample_rounds} rounds)')
+        print(f'sample_answers tokens/s, model.py / compare: '
+              f'{tok_s["model.py"] / tok_s["compare"]:.2f}x ({n_prompts} prompts x {k} answers in '
+              f'batches of {batch_size}, {rounds} rounds)')
     few = [prompt_tokens(enc, p) for p in prompts[:16]]
     for new_tokens in (64, 128):  # without a stop token: every row writes new_tokens
-        runs = {'generate': lambda: model.generate(few, new_tokens, temperature),
-                'recompute': lambda: generate_recompute(model, few, new_tokens)}
+        runs = {'generate': partial(model.generate, few, new_tokens, temperature),
+                'recompute': partial(generate_recompute, model, few, new_tokens, temperature)}
         if other:
-            runs['compare'] = lambda: models['compare'].generate(few, new_tokens, temperature)
+            runs['compare'] = partial(models['compare'].generate, few, new_tokens, temperature)
         with autocast:
-            seconds = alternate(runs, sample_rounds, dev)
-        print(f'16 prompts x {new_tokens} new tokens: ' + ', '.join(f'{name} {16 * new_tokens / s:,.0f} tokens/s'
-              for name, s in seconds.items()) + f'; generate / recompute {seconds["recompute"] / seconds["generate"]:.1f}x'
-              + (f', generate / compare {seconds["compare"] / seconds["generate"]:.2f}x' if other else ''))
+            seconds = alternate(runs, rounds, device)[0]
+        speeds = ', '.join(f'{name} {16 * new_tokens / s:,.0f} tokens/s'
+                           for name, s in seconds.items())
+        vs_compare = f', generate / compare {seconds["compare"] / seconds["generate"]:.2f}x' \
+            if other else ''
+        print(f'16 prompts x {new_tokens} new tokens: {speeds}; '
+              f'generate / recompute {seconds["recompute"] / seconds["generate"]:.1f}x{vs_compare}')
 
 
 def main():
-    configure(globals())
-    _, _, dev, autocast = setup(device, dtype)
+    config = configure(globals())
+    _, _, device, autocast = setup(config['device'], dtype)
     bf16 = isinstance(autocast, torch.autocast)
-    peak = peak_flops(dev, bf16)
-    print(f'{dev} ({"bf16 autocast" if bf16 else "fp32"}), {torch.get_num_threads()} threads, '
+    peak = peak_flops(device, bf16)
+    print(f'{device} ({"bf16 autocast" if bf16 else "fp32"}), {torch.get_num_threads()} threads, '
           f'peak {peak / 1e12:.2f} TFLOP/s assumed')
     if mode == 'train':
-        train(dev, autocast, peak)
+        cfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer,
+                        n_head=n_head, n_embd=n_embd)
+        train(cfg, batch_size, rounds, steps_per_round, compile, baseline,
+              other_model_py(compare), device, autocast, peak)
     elif mode == 'sample':
-        sample(dev, autocast, peak)
+        sample(ckpt, data_dir, n_prompts, k, max_new_tokens, temperature, sample_batch_size,
+               sample_rounds, other_model_py(compare), device, autocast, peak)
     else:
         sys.exit(f"error: mode must be 'train' or 'sample', not {mode!r}")
 

@@ -3,7 +3,7 @@ Talk to a checkpoint of any stage: a multi-turn chat in the terminal, sampled wi
 
   python chat.py                                    # chat with out/sft (made by python sft.py)
   python chat.py --ckpt=out/rlhf --temperature=0    # any stage's checkpoint; 0 = greedy
-  python chat.py --prompt="Tell me where Mira lives."   # one answer on stdout, then exit (for scripts)
+  python chat.py --prompt="Tell me where Mira lives."   # one answer on stdout, then exit
 
 In the chat, /reset forgets the conversation and /quit (or Ctrl-D) ends it. When the conversation
 outgrows the model's block_size, its oldest turns are dropped. Each answer is printed token by
@@ -13,8 +13,10 @@ import codecs
 import os
 import sys
 import time
+from functools import partial
 
-from model import SPECIAL_TOKENS, configure, load_checkpoint, load_tokenizer, prompt_tokens, setup
+from model import (SPECIAL_TOKENS, answer_text, as_messages, configure, load_checkpoint,
+                   load_tokenizer, made_by, prompt_tokens, setup)
 
 # ----------------------------------------------------------------------------- config
 ckpt = 'out/sft'          # a stage's directory (holding ckpt.pt) or the path of a .pt file
@@ -26,71 +28,65 @@ device = 'auto'           # 'auto', 'cpu', 'cuda', 'mps'
 dtype = 'auto'            # 'auto', 'float32', 'bfloat16'
 seed = 1337
 # -----------------------------------------------------------------------------
-STAGES = ('pretrain', 'sft', 'reward', 'rlhf', 'bestofk')  # each writes out/<stage>/ckpt.pt
 
 
-def made_by(path):
-    """The command that writes a checkpoint: out/<stage>/ckpt.pt -> python <stage>.py."""
-    stage = os.path.basename(os.path.dirname(os.path.abspath(path)))
-    return f'python {stage}.py' if stage in STAGES else 'the training script that writes it'
-
-
-def fit(enc, messages, block_size):
-    """The conversation without its oldest turns, as much as it takes for the prompt and max_new_tokens
-    to fit in block_size; None when the last message alone leaves no room for an answer."""
+def fit(enc, messages, block_size, max_new_tokens):
+    """The conversation without its oldest turns, as much as it takes for the prompt and
+    max_new_tokens to fit in block_size; None when the last message alone leaves no room."""
     while len(messages) > 1 and len(prompt_tokens(enc, messages)) + max_new_tokens > block_size:
         messages = messages[2:]  # one user turn and the assistant's answer
     return messages if len(prompt_tokens(enc, messages)) < block_size else None
 
 
 def token_text(enc, utf8, token):
-    """The text a new token adds to the answer: '' for special tokens, and for the first bytes of a
-    character that the next tokens complete (utf8: an incremental UTF-8 decoder, one per answer)."""
+    """The text a new token adds to the answer: '' for special tokens, and for the first bytes of
+    a character that the next tokens complete (utf8: an incremental UTF-8 decoder per answer)."""
     if token >= enc.n_vocab - len(SPECIAL_TOKENS):
         return ''
     return utf8.decode(enc.decode_single_token_bytes(token))
 
 
-def reply(model, enc, messages, autocast):
-    """The assistant's next turn, printed on stdout as it is sampled; then its speed on stderr.
-    Returns its text."""
+def show(enc, utf8, rows, new):
+    """generate's on_token: prints the text of the new token (utf8: this answer's decoder)."""
+    print(token_text(enc, utf8, new[0].item()), end='', flush=True)
+
+
+def reply(model, enc, messages, max_new_tokens, temperature, top_k, autocast):
+    """The assistant's next turn: printed as it is sampled, then its speed on stderr; its text."""
     tokens, end = prompt_tokens(enc, messages), enc.encode_single_token('<|end|>')
     room = min(max_new_tokens, model.config.block_size - len(tokens))
-    utf8, pieces = codecs.getincrementaldecoder('utf-8')(errors='replace'), []
-
-    def show(rows, new):  # generate calls it after every step; the row ends at <|end|>, which is not text
-        pieces.append(token_text(enc, utf8, new[0].item()))
-        print(pieces[-1], end='', flush=True)
+    utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
     start = time.perf_counter()
     with autocast:
-        _, lengths = model.generate([tokens], room, temperature, top_k or None, end, on_token=show)
-    pieces.append(utf8.decode(b'', final=True))
-    print(pieces[-1], flush=True)
+        answer, lengths = model.generate([tokens], room, temperature, top_k or None, end,
+                                         on_token=partial(show, enc, utf8))
+    print(utf8.decode(b'', final=True), flush=True)  # (the row ends at <|end|>, which is not text)
     n = lengths[0].item()
-    print(f'({n} tokens, {n / (time.perf_counter() - start):.0f} tok/s)', file=sys.stderr, flush=True)
-    return ''.join(pieces)
+    print(f'({n} tokens, {n / (time.perf_counter() - start):.0f} tok/s)', file=sys.stderr)
+    return answer_text(enc, answer[0, :n].tolist())  # the text printed, piece by piece
 
 
 def main():
-    configure(globals())
+    config = configure(globals())
     path = ckpt if ckpt.endswith('.pt') else os.path.join(ckpt, 'ckpt.pt')
-    _, _, dev, autocast = setup(device, dtype, seed)
-    model, meta = load_checkpoint(path, made_by(path), dev, scalar_head=False)
+    _, _, device, autocast = setup(config['device'], dtype, seed)
+    model, meta = load_checkpoint(path, made_by(path), device, scalar_head=False)
     if meta['model_args'].get('scalar_head'):
         sys.exit(f'error: {path} is a reward model: it scores answers, it does not write them; '
                  'chat with a policy such as out/sft or out/rlhf')
     model.eval()
     enc, block_size = load_tokenizer(meta['tokenizer']), model.config.block_size
     if prompt:
-        messages = fit(enc, [dict(role='user', content=prompt)], block_size)
+        messages = fit(enc, as_messages(prompt), block_size, max_new_tokens)
         if messages is None:
-            sys.exit(f'error: the prompt is longer than the model reads (block_size={block_size} tokens)')
-        reply(model, enc, messages, autocast)
-        return
+            sys.exit('error: the prompt is longer than the model reads '
+                     f'(block_size={block_size} tokens)')
+        return reply(model, enc, messages, max_new_tokens, temperature, top_k, autocast)
     print(f'{path} ({meta.get("stage", "?")} stage, {model.num_params():,} parameters). '
           '/reset forgets the conversation, /quit ends it.')
     if meta.get('stage') == 'pretrain':
-        print('(a pretrained model has never seen a chat: expect it to ramble; python sft.py teaches it)')
+        print('(a pretrained model has never seen a chat: expect it to ramble; '
+              'python sft.py teaches it)')
     history, told = [], False
     while (line := input('> ').strip()) != '/quit':
         if line == '/reset':
@@ -99,14 +95,15 @@ def main():
             continue
         if not line:
             continue
-        messages = fit(enc, history + [dict(role='user', content=line)], block_size)
+        messages = fit(enc, history + [dict(role='user', content=line)], block_size, max_new_tokens)
         if messages is None:
             print(f'(too long: the model reads at most {block_size} tokens; skipped)')
             continue
         if len(messages) <= len(history) and not told:
             told = True
             print('(the conversation no longer fits the model: dropping its oldest turns)')
-        history = messages + [dict(role='assistant', content=reply(model, enc, messages, autocast))]
+        answer = reply(model, enc, messages, max_new_tokens, temperature, top_k, autocast)
+        history = messages + [dict(role='assistant', content=answer)]
 
 
 if __name__ == '__main__':

@@ -1,23 +1,22 @@
 """
-Export a policy checkpoint (pretrain, sft, rlhf, bestofk, ...) to the Hugging Face format: a folder
-that transformers loads with no custom code, and that tools reading that format (serving, conversion,
-model hubs) take as any LLaMA model.
+Export a policy checkpoint (pretrain, sft, rlhf, bestofk, ...) to the Hugging Face format: a
+folder that transformers loads with no custom code, and that tools reading that format (serving,
+conversion, model hubs) take as any LLaMA model.
 
   pip install safetensors transformers          # only export needs them (transformers: to load it)
   python export.py --ckpt=out/rlhf --out=out/hf/rlhf
 
 The project's GPT is LLaMA's architecture, so the folder is a plain LlamaForCausalLM:
   config.json             LlamaConfig: the sizes, RMSNorm's eps, rotary base 10000, tied embeddings
-  model.safetensors       the weights, renamed; the fused qkv matrix split into q, k and v, and the rows
-                          of q and k reordered for HF's rotary layout (see hf_rotary_order)
+  model.safetensors       the weights, renamed; the fused qkv matrix split into q, k and v, and the
+                          rows of q and k reordered for HF's rotary layout (see hf_rotary_order)
   tokenizer.json          the byte-level BPE (the project's or GPT-2's) with its four special tokens
-  tokenizer_config.json   the special tokens and the chat template (the one model.prompt_tokens renders)
+  tokenizer_config.json   the special tokens and the chat template (model.prompt_tokens's)
   generation_config.json  <|end|> ends the assistant's turn
 
-A reward or value model (a checkpoint with a scalar head) is refused: its head is a Linear with a
-bias, read at every position (value) or at the answer's last token (reward), while the score layer
-of HF's LlamaForSequenceClassification has no bias and gives the last non-padding token's score
-only: no HF class computes what the project's does without custom code.
+A reward or value model (a scalar head) is refused: its head is a Linear with a bias, read at every
+position (value) or at the answer's last token (reward), while HF's LlamaForSequenceClassification
+scores the last non-padding token only, without a bias: no HF class computes it without custom code.
 """
 import json
 import os
@@ -27,7 +26,7 @@ import tempfile
 
 import torch
 
-from model import SPECIAL_TOKENS, configure, load_checkpoint, load_tokenizer
+from model import configure, load_checkpoint, load_tokenizer
 
 # ----------------------------------------------------------------------------- config
 ckpt = 'out/rlhf'         # a stage's directory (holding ckpt.pt) or the path of a .pt file
@@ -41,7 +40,8 @@ out = 'out/hf/rlhf'       # the folder to write (a previous export there is repl
 CHAT_TEMPLATE = (
     "{{ '<|endoftext|>' }}"
     "{% for m in messages %}"
-    "{% if m['role'] not in ('user', 'assistant') %}{{ raise_exception('roles are user and assistant') }}{% endif %}"
+    "{% if m['role'] not in ('user', 'assistant') %}"
+    "{{ raise_exception('roles are user and assistant') }}{% endif %}"
     "{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
@@ -50,20 +50,21 @@ CHAT_TEMPLATE = (
 def hf_rotary_order(w, n_head):
     """Rows of a q or k projection, reordered per head from the project's rotary layout to HF's.
     The project turns the pairs (x[2i], x[2i+1]) of each head (model.rotate); HF's Llama turns the
-    pairs (x[i], x[i + head_dim/2]) by the same angles. So HF's rows of a head are the project's even
-    rows, then its odd rows. q and k get the same order, so every dot product q.k is unchanged."""
+    pairs (x[i], x[i + head_dim/2]) by the same angles. So HF's rows of a head are the project's
+    even rows, then its odd rows. q and k get the same order, so every dot product q.k stays."""
     out_dim, in_dim = w.shape
-    return w.view(n_head, out_dim // n_head // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+    return w.view(n_head, -1, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
 
 
 def llama_weights(state, cfg):
     """The project's state dict under LlamaForCausalLM's names. lm_head is tied to the embedding:
     HF ties it again on loading (tie_word_embeddings), so it is stored once."""
     C = cfg.n_embd
-    weights = {'model.embed_tokens.weight': state['wte.weight'], 'model.norm.weight': state['norm.weight']}
+    weights = {'model.embed_tokens.weight': state['wte.weight'],
+               'model.norm.weight': state['norm.weight']}
     for i in range(cfg.n_layer):
         ours, theirs = f'blocks.{i}.', f'model.layers.{i}.'
-        q, k, v = state[ours + 'attn.qkv.weight'].split(C, dim=0)  # the fused Linear(C, 3C): rows q, k, v
+        q, k, v = state[ours + 'attn.qkv.weight'].split(C, dim=0)  # Linear(C, 3C): rows q, k, v
         weights.update({
             theirs + 'self_attn.q_proj.weight': hf_rotary_order(q, cfg.n_head),
             theirs + 'self_attn.k_proj.weight': hf_rotary_order(k, cfg.n_head),
@@ -77,26 +78,25 @@ def llama_weights(state, cfg):
     return {name: w.float().contiguous() for name, w in weights.items()}
 
 
-def llama_config(cfg, hidden, specials):
-    """config.json: LlamaConfig's fields for the project's GPTConfig (hidden: the SwiGLU's width)."""
+def llama_config(cfg, hidden, special_ids):
+    """config.json: LlamaConfig's fields (hidden: the SwiGLU's width; special_ids: bos/eos/pad)."""
     return dict(
         architectures=['LlamaForCausalLM'], model_type='llama', torch_dtype='float32',
-        vocab_size=cfg.vocab_size,  # the model's (rounded up) vocab; the tokenizer uses the first ids
+        vocab_size=cfg.vocab_size,  # the model's (rounded up) vocab; the tokenizer uses the first
         hidden_size=cfg.n_embd, intermediate_size=hidden, num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head, head_dim=cfg.n_embd // cfg.n_head,
-        max_position_embeddings=cfg.block_size, hidden_act='silu', rope_theta=10000.0,  # model.GPT's rotary base
-        rope_scaling=None, rms_norm_eps=torch.finfo(torch.float32).eps,  # nn.RMSNorm's default in fp32
+        num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
+        head_dim=cfg.n_embd // cfg.n_head, max_position_embeddings=cfg.block_size,
+        hidden_act='silu', rope_theta=10000.0, rope_scaling=None,  # model.GPT's rotary base
+        rms_norm_eps=torch.finfo(torch.float32).eps,  # nn.RMSNorm's default in fp32
         attention_bias=False, mlp_bias=False, tie_word_embeddings=True, initializer_range=0.02,
-        # padding is <|end|>, not <|endoftext|>: HF's generate, given no attention mask, masks every pad
-        # id it finds in the prompt unless pad is eos, and every prompt starts with <|endoftext|>
-        bos_token_id=specials['<|endoftext|>'], eos_token_id=specials['<|end|>'], pad_token_id=specials['<|end|>'])
+        **special_ids)
 
 
 def byte_chars():
     """GPT-2's printable stand-in for each byte, the alphabet of byte-level BPE files: printable
-    bytes stand for themselves, the others (space, control bytes, ...) for the characters from 256 on
-    (space is 'Ġ', newline 'Ċ')."""
-    printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), 256)]
+    bytes stand for themselves, the others (space, control bytes, ...) for the characters from
+    256 on (space is 'Ġ', newline 'Ċ')."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]  # ! to ~, ¡ to ¬, ® to ÿ
     others = [b for b in range(256) if b not in printable]
     return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
 
@@ -115,9 +115,9 @@ def tokenizer_json(enc):
               if token[:i] in ranks and token[i:] in ranks]
     return dict(
         version='1.0', truncation=None, padding=None, normalizer=None, post_processor=None,
-        added_tokens=[dict(id=i, content=s, single_word=False, lstrip=False, rstrip=False, normalized=False,
-                           special=True) for s, i in enc._special_tokens.items()],
-        pre_tokenizer=dict(type='Sequence', pretokenizers=[  # split with the pattern, then bytes -> chars
+        added_tokens=[dict(id=i, content=s, single_word=False, lstrip=False, rstrip=False,
+                           normalized=False, special=True) for s, i in enc._special_tokens.items()],
+        pre_tokenizer=dict(type='Sequence', pretokenizers=[  # the pattern, then bytes -> chars
             dict(type='Split', pattern=dict(Regex=enc._pat_str), behavior='Isolated', invert=False),
             dict(type='ByteLevel', add_prefix_space=False, trim_offsets=False, use_regex=False)]),
         decoder=dict(type='ByteLevel', add_prefix_space=False, trim_offsets=False, use_regex=False),
@@ -127,8 +127,8 @@ def tokenizer_json(enc):
                    merges=[pair for _, _, pair in sorted(merges)]))
 
 
-def write_json(path, obj):
-    with open(path, 'w') as f:
+def write_json(folder, name, obj):
+    with open(os.path.join(folder, name), 'w') as f:
         json.dump(obj, f, indent=1, ensure_ascii=False)
 
 
@@ -144,12 +144,16 @@ def main():
     model, meta = load_checkpoint(path, 'a training stage (python sft.py, rlhf.py, ...)')
     cfg = model.config
     if cfg.scalar_head:
-        sys.exit(f'error: {path} is a reward or value model (a scalar head): export.py exports policies '
-                 '(pretrain, sft, rlhf, bestofk), as HF has no model with the same scalar head')
+        sys.exit(f'error: {path} is a reward or value model (a scalar head): export.py exports '
+                 'policies (pretrain, sft, rlhf, bestofk), as HF has no model with the same '
+                 'scalar head')
     enc = load_tokenizer(meta['tokenizer'])
-    specials = {s: enc.encode_single_token(s) for s in SPECIAL_TOKENS}
+    bos, end = (enc.encode_single_token(s) for s in ('<|endoftext|>', '<|end|>'))
+    # padding is <|end|>, not <|endoftext|>: HF's generate, given no attention mask, masks every pad
+    # id it finds in the prompt unless pad is eos, and every prompt starts with <|endoftext|>
+    special_ids = dict(bos_token_id=bos, eos_token_id=end, pad_token_id=end)
 
-    # everything goes to a temporary folder beside `out`, renamed at the end: a failed export leaves no half folder
+    # all goes to a temporary folder beside `out`, renamed at the end: a failed export leaves none
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(out) + '.tmp')
@@ -158,15 +162,16 @@ def main():
                   metadata=dict(format='pt'))
         os.chmod(tmp, 0o755)  # readable by all, as a folder made with mkdir is
         os.chmod(os.path.join(tmp, 'model.safetensors'), 0o644)
-        write_json(os.path.join(tmp, 'config.json'), llama_config(cfg, model.blocks[0].mlp.up.out_features, specials))
-        write_json(os.path.join(tmp, 'generation_config.json'), dict(
-            bos_token_id=specials['<|endoftext|>'], eos_token_id=specials['<|end|>'], pad_token_id=specials['<|end|>']))
-        write_json(os.path.join(tmp, 'tokenizer.json'), tokenizer_json(enc))
-        write_json(os.path.join(tmp, 'tokenizer_config.json'), dict(
-            tokenizer_class='PreTrainedTokenizerFast',  # the generic class: it reads tokenizer.json as it is
-            bos_token='<|endoftext|>', eos_token='<|end|>', pad_token='<|end|>', padding_side='left',
+        hidden = model.blocks[0].mlp.up.out_features
+        write_json(tmp, 'config.json', llama_config(cfg, hidden, special_ids))
+        write_json(tmp, 'generation_config.json', special_ids)
+        write_json(tmp, 'tokenizer.json', tokenizer_json(enc))
+        write_json(tmp, 'tokenizer_config.json', dict(
+            tokenizer_class='PreTrainedTokenizerFast',  # generic: reads tokenizer.json as it is
+            bos_token='<|endoftext|>', eos_token='<|end|>', pad_token='<|end|>',
+            padding_side='left',
             add_bos_token=False, add_eos_token=False, clean_up_tokenization_spaces=False,
-            model_input_names=['input_ids', 'attention_mask'],  # (no token_type_ids, which generate refuses)
+            model_input_names=['input_ids', 'attention_mask'],  # (generate refuses token_type_ids)
             model_max_length=cfg.block_size, chat_template=CHAT_TEMPLATE))
         if os.path.exists(out):  # an earlier export: replaced only now that the new one is complete
             shutil.rmtree(out)

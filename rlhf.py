@@ -1,55 +1,35 @@
 """
-Stage 3, RLHF with PPO (Schulman et al. 2017; Ziegler et al. 2019; Ouyang et al. 2022). New
-prompts (the world's 'rl' set, never seen by stages 1-2); the policy, starting as the SFT model,
-answers them; the frozen reward model scores each whole answer; that score, minus a KL penalty on
-every token, is the reward, passed back token by token (each token a time step) by GAE; PPO
-updates the policy and a value model. Reads out/sft and out/reward, writes out/rlhf/ckpt.pt.
-With --advantage=grpo or rloo there is no value model: the policy answers each prompt group_size
-times and each answer's advantage is its reward against the others' (critic-free, see below).
+Stage 3, RLHF with PPO (Schulman et al. 2017; Ziegler et al. 2019; Ouyang et al. 2022). The policy,
+starting as the SFT model, answers new prompts (the world's 'rl' set); the frozen reward model (RM)
+scores each whole answer; that score, minus a KL penalty to the frozen reference on every token, is
+the reward, passed back token by token by GAE; PPO updates the policy and a value model (started as
+the RM, which already reads <prompt, answer>). --advantage=grpo or rloo: no value model; each prompt
+is answered group_size times and each answer's advantage is its reward against the others', the KL
+still in the reward (InstructGPT's eq. 2, as RLOO's paper has it, not GRPO's k3 in the loss): the
+three optimise one objective. The RM's scores are normalised over the SFT policy's first answers;
+an answer that never ends gets unfinished_reward. The gold judge scores answers for the log only.
 
-  python rlhf.py                      # round 1
-  python rlhf.py --beta=0             # no KL penalty: watch the RM score rise and the gold score fall
-  python reward.py --policy=out/rlhf --init_from=out/reward --rankings=out/reward/rankings.jsonl --out_dir=out/reward2
-  python rlhf.py --init_from=out/rlhf --reward_model=out/reward2 --out_dir=out/rlhf2   # round 2
-  python rlhf.py --advantage=rloo --out_dir=out/rloo   # critic-free: RLOO (or grpo), no value model
-  python rlhf.py --init_from=out/real/sft --ref_from=out/real/sft --reward_model=out/real/reward --out_dir=out/real/rlhf \
-      --prompt_file=out/real/data/hh_rlhf/prompts.jsonl --eval_prompt_file=out/real/data/hh_rlhf/eval_prompts.jsonl
-                                      # a model of real data (run.sh's DATA=real): prompts from files, no gold
-
-The four models, all with dropout off (the GPT has none):
-  policy      trained; starts from init_from
-  value       trained; a scalar head on a transformer, started from the reward model (as in
-              InstructGPT): it already reads <prompt, answer> and knows what scores well
-              (--advantage=gae only; grpo and rloo build none)
-  reference   frozen SFT model: the KL penalty keeps the policy near it
-  reward      frozen RM: its score at the answer's <|end|>, normalised to mean 0, std 1 over the
-              SFT policy's first answers. An answer that never ends within max_new_tokens gets
-              unfinished_reward instead (it has no <|end|> for the RM to score).
-The gold judge scores the answers for the log only: no loss reads it. Run it again after a kill:
-it goes on from its last checkpoint (every ckpt_interval iterations: policy, value model, both
-optimizers, the reward normalisation, beta, the random state) as if never killed.
-
-Critic-free advantages (grpo, rloo) keep the KL to the reference where PPO has it: in the reward,
--beta * (log pi - log pi_ref) summed over the answer's tokens and added to its score (InstructGPT's
-objective, eq. 2, as RLOO's paper uses it), not as GRPO's k3 estimator in the loss. So the three
-runs optimise the same objective with the same beta and differ only in the advantage estimator:
-their gold-against-KL curves compare like with like, and it costs no extra forward pass.
+  python rlhf.py                      # reads out/sft and out/reward, writes out/rlhf/ckpt.pt
+  python rlhf.py --beta=0             # no KL penalty: the RM score rises and the gold score falls
+  python rlhf.py --init_from=out/rlhf --reward_model=out/reward2 --out_dir=out/rlhf2  # round 2
+  python rlhf.py --advantage=rloo --out_dir=out/rloo   # critic-free: RLOO (or grpo)
 """
 import copy
-import json
 import os
 import time
+from functools import partial
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import tasks
 from data.hh_rlhf import read_prompts
-from model import (all_gather, all_mean, answer_text, configure, keep_metrics, load_checkpoint, load_tokenizer,
-                   make_optimizer, prompt_tokens, raw_model, resumable, save_checkpoint, save_progress, setup, teardown)
+from data.prepare import get_batch, load_tokens
+from data.formats import write_jsonl
+from model import (all_gather, all_mean, answer_text, configure, keep_metrics, load_checkpoint,
+                   load_tokenizer, log_row, make_optimizer, prompt_tokens, rank_and_size, raw_model,
+                   resumable, save_checkpoint, save_progress, setup, teardown, token_logprobs, wrap)
 
 # ----------------------------------------------------------------------------- config
 init_from = 'out/sft'         # the policy starts here (round 2: out/rlhf)
@@ -57,29 +37,29 @@ ref_from = 'out/sft'          # the frozen reference of the KL penalty
 reward_model = 'out/reward'   # the frozen RM (round 2: out/reward2)
 out_dir = 'out/rlhf'
 n_prompts = 1024              # the world's 'rl' prompts, cycled through
-prompt_file = ''              # a model not trained on the world: its prompts, JSONL of {"prompt": "text"}
-eval_prompt_file = ''         #   and its held-out ones (data/hh_rlhf.py's prompts.jsonl and eval_prompts.jsonl)
+prompt_file = ''              # not a model of the world: its prompts, JSONL of {"prompt": "text"}
+eval_prompt_file = ''         #   and its held-out ones (data/hh_rlhf.py writes both)
 n_eval = 400                  # held-out prompts answered and judged every eval_interval iterations
 eval_interval = 20
-ckpt_interval = 10            # a checkpoint every this many iterations: a killed run, started again, goes on from it
+ckpt_interval = 10            # a checkpoint every this many iterations (0: at evaluations only)
 iters = 80                    # PPO iterations: a rollout batch, then ppo_epochs over it
 batch_size = 64               # rollouts per iteration per process
 minibatch_size = 16
 ppo_epochs = 2
-advantage = 'gae'             # 'gae': PPO with a value model; 'grpo' or 'rloo': critic-free, group_size answers per prompt
-group_size = 4                # grpo/rloo: each iteration answers batch_size / group_size prompts group_size times each
+advantage = 'gae'             # 'gae': PPO with a value model; 'grpo' or 'rloo': critic-free
+group_size = 4                # grpo/rloo: batch_size / group_size prompts, group_size answers each
 max_new_tokens = 128
 temperature = 1.0             # sampling temperature; the log-probs divide the logits by it too
 lr = 5e-5                     # policy
 value_lr = 1e-4
 beta = 0.15                   # KL penalty per token: reward -= beta * (log pi - log pi_ref)
-kl_target = 0.0               # > 0: adapt beta toward this KL per answer (Ziegler et al. 2019, eq. 2); 0: fixed
-gamma = 1.0                   # GAE discount (Schulman et al. 2016); 1: the reward at the end counts in full
+kl_target = 0.0               # > 0: adapt beta toward this KL per answer (Ziegler et al. 2019)
+gamma = 1.0                   # GAE discount (Schulman et al. 2016)
 lam = 0.95                    # GAE lambda
 clip_range = 0.2              # PPO's epsilon for the ratio
 value_clip = 0.2              # the value loss's clip around the old values
 unfinished_reward = -2.0      # the (normalised) reward of an answer that never ends
-ptx_coef = 0.0                # > 0: PPO-ptx, add ptx_coef x the pretraining loss (InstructGPT eq. 2)
+ptx_coef = 0.0                # > 0: PPO-ptx, add ptx_coef x the pretraining loss (InstructGPT)
 ptx_data = 'out/data/world'   # PPO-ptx: pretraining tokens (data/prepare.py)
 grad_clip = 1.0
 # system
@@ -87,25 +67,14 @@ device = 'auto'
 dtype = 'auto'
 seed = 1337
 # -----------------------------------------------------------------------------
-
-
-def token_logprobs(model, idx, n_pad, P, with_entropy=False):
-    """log pi(token) of each answer token (B, L) (and the entropy of pi there): the logits at the
-    position before each token, divided by the sampling temperature, as when it was sampled."""
-    logits = model(idx, n_pad=n_pad)[0][:, P - 1:-1].float() / temperature
-    logp_all = F.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(2, idx[:, P:, None]).squeeze(2)
-    return (logp, -(logp_all.exp() * logp_all).sum(-1)) if with_entropy else logp
-
-
-def values_of(value, idx, n_pad, P):
-    """V(state before each answer token) (B, L): the value head at the position before it."""
-    return value(idx, n_pad=n_pad)[0][:, P - 1:-1]
+PPO_KEYS = ('batch_size', 'minibatch_size', 'ppo_epochs', 'advantage', 'group_size',
+            'max_new_tokens', 'temperature', 'gamma', 'lam', 'clip_range', 'value_clip',
+            'unfinished_reward', 'ptx_coef', 'grad_clip')  # rollout's and ppo_update's: dict hp
 
 
 def shaped_rewards(score, logp, ref_logp, mask, beta):
-    """Per-token reward (Ouyang et al. 2022, eq. 2, as a sequence of steps): -beta * (log pi - log pi_ref)
-    on every answer token, plus the whole answer's score on its last token; 0 on padding."""
+    """Per-token reward (Ouyang et al. 2022, eq. 2, as a sequence of steps): -beta * (log pi -
+    log pi_ref) on every answer token, plus the answer's score on its last token; 0 on padding."""
     rewards = -beta * (logp - ref_logp) * mask
     last = mask.sum(1).long() - 1
     return rewards.scatter_add(1, last[:, None], score[:, None].to(rewards.dtype))
@@ -113,8 +82,8 @@ def shaped_rewards(score, logp, ref_logp, mask, beta):
 
 def gae(rewards, values, mask, gamma, lam):
     """Generalised advantage estimation (Schulman et al. 2016, eq. 16), backwards over the answer:
-    delta_t = r_t + gamma V_(t+1) - V_t, A_t = delta_t + gamma lam A_(t+1), with V = 0 after the last
-    token. Returns (advantages, returns = advantages + values), 0 on padding."""
+    delta_t = r_t + gamma V_(t+1) - V_t, A_t = delta_t + gamma lam A_(t+1), with V = 0 after the
+    last token. Returns (advantages, returns = advantages + values), 0 on padding."""
     values = values * mask
     advantages, next_adv = torch.zeros_like(rewards), torch.zeros_like(rewards[:, 0])
     for t in reversed(range(rewards.size(1))):
@@ -127,26 +96,27 @@ def gae(rewards, values, mask, gamma, lam):
 
 def grpo_advantages(rewards, group_size, eps=1e-6):
     """GRPO's outcome advantage (Shao et al. 2024, section 4.1.2): each answer's reward minus its
-    group's mean, divided by the group's std (+eps: a group of equal rewards gets 0). rewards (B,):
-    groups of group_size consecutive answers to one prompt. The same advantage goes on every token."""
+    group's mean, over the group's std (+eps: equal rewards get 0). rewards (B,): groups of
+    group_size consecutive answers to one prompt. The same advantage goes on every token."""
     r = rewards.view(-1, group_size)
     return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)).view(-1)
 
 
 def rloo_advantages(rewards, group_size):
-    """RLOO's advantage (Ahmadian et al. 2024, section 3.3; Kool et al. 2019): each answer's reward minus
-    the mean reward of the other group_size - 1 answers to the same prompt (the leave-one-out baseline)."""
+    """RLOO's advantage (Ahmadian et al. 2024, section 3.3; Kool et al. 2019): each reward minus
+    the mean reward of the other group_size - 1 answers to the prompt (leave-one-out baseline)."""
     r = rewards.view(-1, group_size)
     return (r - (r.sum(1, keepdim=True) - r) / (group_size - 1)).view(-1)
 
 
-def group_advantages(score, kl, order, beta):
-    """Critic-free advantages of a rollout's answers: the sequence reward score - beta * KL (the KL
-    summed over the answer), against the other answers to the same prompt (grpo or rloo). Rows are
-    sorted by answer length (row j answers prompt order[j]); the groups are consecutive prompts."""
+def group_advantages(score, kl, order, beta, advantage, group_size):
+    """Critic-free advantages ('grpo' or 'rloo') of the sequence rewards score - beta * KL against
+    the other answers to the same prompt. Rows are sorted by answer length (row j answers prompt
+    order[j]); the groups are consecutive prompts."""
     reward = torch.empty_like(score)
     reward[order] = score - beta * kl  # back in prompt order
-    return (grpo_advantages if advantage == 'grpo' else rloo_advantages)(reward, group_size)[order]
+    estimator = grpo_advantages if advantage == 'grpo' else rloo_advantages
+    return estimator(reward, group_size)[order]
 
 
 def masked_mean(x, mask):
@@ -160,12 +130,12 @@ def whiten(x, mask):
 
 
 def policy_loss(logp, old_logp, advantages, mask, clip_range):
-    """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), negated to be minimised, and the share
-    of tokens whose ratio was clipped."""
+    """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), negated to be minimised, and the
+    share of tokens whose ratio was clipped."""
     ratio = torch.exp(logp - old_logp)
-    unclipped = ratio * advantages
     clipped = ratio.clamp(1 - clip_range, 1 + clip_range) * advantages
-    return -masked_mean(torch.min(unclipped, clipped), mask), masked_mean(((ratio - 1).abs() > clip_range).float(), mask)
+    clip_frac = masked_mean(((ratio - 1).abs() > clip_range).float(), mask)
+    return -masked_mean(torch.min(ratio * advantages, clipped), mask), clip_frac
 
 
 def value_loss(values, old_values, returns, mask, value_clip):
@@ -175,229 +145,321 @@ def value_loss(values, old_values, returns, mask, value_clip):
     return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
 
 
-@torch.no_grad()
-def rollout(policy, ref, value, score_fn, prompts, end, autocast):
-    """Answers to a batch of prompts (token lists) and all PPO needs of them. score_fn(idx, n_pad,
-    last) -> one score per answer (the normalised RM score; tests pass synthetic ones). The old
-    log-probs are computed in the minibatches of the first PPO epoch: before any update the ratio
-    is exactly 1."""
-    P = max(len(p) for p in prompts)
-    with autocast:
-        answers, lengths = raw_model(policy).generate(prompts, max_new_tokens, temperature, stop_token=int(end))
-    order = torch.argsort(lengths, stable=True)  # shortest answers first: minibatches of similar lengths
-    prompts, answers, lengths = [prompts[i] for i in order.tolist()], answers[order], lengths[order]
-    L = int(lengths.max())
-    n_pad = torch.tensor([P - len(p) for p in prompts], device=end.device)
-    idx = torch.cat([torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=end.device), answers[:, :L]], dim=1)
-    mask = (torch.arange(L, device=end.device)[None] < lengths[:, None]).float()
-    ended = answers.gather(1, (lengths - 1)[:, None]).squeeze(1) == end
-    batch = dict(idx=idx, n_pad=n_pad, P=P, mask=mask, lengths=lengths, ended=ended, order=order)  # row j: prompt order[j]
-    logp, ref_logp, values = (torch.zeros(len(prompts), L, device=end.device) for _ in range(3))
-    scores = []
-    for chunk in minibatches(batch, shuffle=False):
-        i, n, Lc = idx[chunk], n_pad[chunk], int(lengths[chunk].max())  # (each minibatch cut to its longest answer)
-        with autocast:
-            logp[chunk, :Lc] = token_logprobs(raw_model(policy), i[:, :P + Lc], n, P)
-            ref_logp[chunk, :Lc] = token_logprobs(ref, i[:, :P + Lc], n, P)
-            if value is not None:  # (critic-free: no value model, values stay 0)
-                values[chunk, :Lc] = values_of(raw_model(value), i[:, :P + Lc], n, P).float()
-            scores.append(score_fn(i, n, P + lengths[chunk] - 1).float())
-    score = torch.where(ended, torch.cat(scores), torch.full_like(torch.cat(scores), unfinished_reward))
-    return dict(batch, logp=logp * mask, ref_logp=ref_logp * mask, values=values * mask, score=score)
+def answer_logprobs(model, idx, n_pad, P, temperature, with_entropy=False):
+    """log pi of each answer token (B, L) (and the entropy of pi there): the logits before each
+    token over the sampling temperature, as when it was sampled. Answers start at column P."""
+    logits = model(idx, n_pad=n_pad)[0][:, P - 1:-1].float() / temperature
+    logp = token_logprobs(logits, idx[:, P:])
+    if not with_entropy:
+        return logp
+    logp_all = F.log_softmax(logits, dim=-1)
+    return logp, -(logp_all.exp() * logp_all).sum(-1)
 
 
-def minibatches(batch, shuffle):
-    """The rollout batch in runs of minibatch_size (it is sorted by answer length, so each run
-    needs little padding); shuffle: in random order."""
+def values_of(value, idx, n_pad, P):
+    """V(state before each answer token) (B, L): the value head at the position before it."""
+    return value(idx, n_pad=n_pad)[0][:, P - 1:-1]
+
+
+def rm_score(rm, norm, idx, n_pad, last):
+    """The reward model's score at position last of each row, normalised by norm (mean, std)."""
+    score = rm(idx, n_pad=n_pad)[0].gather(1, last[:, None]).squeeze(1)
+    return (score - norm['mean']) / norm['std']
+
+
+def minibatches(batch, minibatch_size, shuffle):
+    """The rollout batch in runs of minibatch_size (sorted by answer length, so each run needs
+    little padding); shuffle: in random order."""
     chunks = torch.arange(len(batch['mask']), device=batch['mask'].device).split(minibatch_size)
     return [chunks[i] for i in torch.randperm(len(chunks)).tolist()] if shuffle else chunks
 
 
-def ppo_update(policy, value, opt_policy, opt_value, batch, beta, autocast, ptx_batch=None):
-    """ppo_epochs over the rollout batch in minibatches: the clipped policy loss (plus PPO-ptx) and
-    the clipped value loss, each model its own optimizer (value None: critic-free advantages, no
-    value loss). Returns the statistics to log."""
+@torch.no_grad()
+def rollout(policy, ref, value, score_fn, prompts, end, autocast, hp):
+    """Answers to a batch of prompts (token lists) and all PPO needs of them. score_fn(idx, n_pad,
+    last): a score per answer (rm_score; tests pass synthetic ones). hp: the config's
+    max_new_tokens, temperature, unfinished_reward, minibatch_size. The old log-probs are taken in
+    the minibatches of the first PPO epoch: before any update the ratio is exactly 1."""
+    P, device = max(len(p) for p in prompts), end.device
+    with autocast:
+        answers, lengths = raw_model(policy).generate(prompts, hp['max_new_tokens'],
+                                                      hp['temperature'], stop_token=int(end))
+    order = torch.argsort(lengths, stable=True)  # shortest first: minibatches of similar lengths
+    prompts, answers, lengths = [prompts[i] for i in order.tolist()], answers[order], lengths[order]
+    L, n_pad = int(lengths.max()), torch.tensor([P - len(p) for p in prompts], device=device)
+    padded = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=device)
+    idx = torch.cat([padded, answers[:, :L]], dim=1)
+    mask = (torch.arange(L, device=device)[None] < lengths[:, None]).float()
+    ended = answers.gather(1, (lengths - 1)[:, None]).squeeze(1) == end
+    batch = dict(idx=idx, n_pad=n_pad, P=P, mask=mask, lengths=lengths, ended=ended, order=order)
+    logp, ref_logp, values = (torch.zeros(len(prompts), L, device=device) for _ in range(3))
+    scores = []
+    for chunk in minibatches(batch, hp['minibatch_size'], shuffle=False):
+        Lc = int(lengths[chunk].max())  # (each minibatch cut to its longest answer)
+        i, n = idx[chunk, :P + Lc], n_pad[chunk]
+        with autocast:
+            logp[chunk, :Lc] = answer_logprobs(raw_model(policy), i, n, P, hp['temperature'])
+            ref_logp[chunk, :Lc] = answer_logprobs(ref, i, n, P, hp['temperature'])
+            if value is not None:  # (critic-free: no value model, values stay 0)
+                values[chunk, :Lc] = values_of(raw_model(value), i, n, P).float()
+            scores.append(score_fn(idx[chunk], n, P + lengths[chunk] - 1).float())
+    score = torch.cat(scores)
+    score = torch.where(ended, score, torch.full_like(score, hp['unfinished_reward']))
+    return dict(batch, logp=logp * mask, ref_logp=ref_logp * mask, values=values * mask,
+                score=score)
+
+
+def ppo_update(policy, value, opt_policy, opt_value, batch, beta, autocast, hp, ptx_tokens=None):
+    """hp['ppo_epochs'] over the rollout batch in minibatches: the clipped policy loss (plus
+    PPO-ptx on batches of ptx_tokens) and the clipped value loss, each model its own optimizer
+    (value None: critic-free advantages, no value loss). hp: the config's PPO hyperparameters
+    (PPO_KEYS). Returns the statistics to log."""
     mask, P = batch['mask'], batch['P']
-    if advantage == 'gae':
+    if hp['advantage'] == 'gae':
         rewards = shaped_rewards(batch['score'], batch['logp'], batch['ref_logp'], mask, beta)
-        advantages, returns = gae(rewards, batch['values'], mask, gamma, lam)
+        advantages, returns = gae(rewards, batch['values'], mask, hp['gamma'], hp['lam'])
         advantages = whiten(advantages, mask)
     else:  # critic-free: each answer's advantage on every one of its tokens
         kl = ((batch['logp'] - batch['ref_logp']) * mask).sum(1)
-        advantages = group_advantages(batch['score'], kl, batch['order'], beta)[:, None] * mask
-    stats = dict(policy_loss=[], clip_frac=[], entropy=[], **(dict(value_loss=[]) if value is not None else {}))
-    for epoch in range(ppo_epochs):
-        for chunk in minibatches(batch, shuffle=epoch > 0):  # (the first epoch: the chunks of the rollout)
+        advantages = group_advantages(batch['score'], kl, batch['order'], beta, hp['advantage'],
+                                      hp['group_size'])[:, None] * mask
+    stats = dict(policy_loss=[], clip_frac=[], entropy=[], value_loss=[])
+    for epoch in range(hp['ppo_epochs']):  # (the first epoch: the chunks of the rollout)
+        for chunk in minibatches(batch, hp['minibatch_size'], shuffle=epoch > 0):
             Lc = int(batch['lengths'][chunk].max())
             idx, n_pad, m = batch['idx'][chunk, :P + Lc], batch['n_pad'][chunk], mask[chunk, :Lc]
             with autocast:
-                logp, entropy = token_logprobs(policy, idx, n_pad, P, with_entropy=True)
-                loss, clip_frac = policy_loss(logp, batch['logp'][chunk, :Lc], advantages[chunk, :Lc], m, clip_range)
+                logp, entropy = answer_logprobs(policy, idx, n_pad, P, hp['temperature'], True)
+                loss, clip_frac = policy_loss(logp, batch['logp'][chunk, :Lc],
+                                              advantages[chunk, :Lc], m, hp['clip_range'])
             loss.backward()
-            if ptx_batch is not None:  # (a backward of its own: DDP averages each backward's gradients once)
+            if ptx_tokens is not None:  # (its own backward: DDP averages each backward once)
+                block_size = raw_model(policy).config.block_size
+                x, y = get_batch(ptx_tokens, hp['minibatch_size'], block_size,
+                                 int(torch.randint(2**31, (1,))), str(idx.device))
                 with autocast:
-                    ptx_loss = ptx_coef * policy(*ptx_batch())[1]
+                    ptx_loss = hp['ptx_coef'] * policy(x, y)[1]
                 ptx_loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), hp['grad_clip'])
             opt_policy.step()
             opt_policy.zero_grad(set_to_none=True)
-            for key, x in (('policy_loss', loss), ('clip_frac', clip_frac), ('entropy', masked_mean(entropy, m))):
-                stats[key].append(x.detach())
+            stats['policy_loss'].append(loss.detach())
+            stats['clip_frac'].append(clip_frac.detach())
+            stats['entropy'].append(masked_mean(entropy, m).detach())
             if value is None:
                 continue
             with autocast:
-                v_loss = value_loss(values_of(value, idx, n_pad, P).float(), batch['values'][chunk, :Lc],
-                                    returns[chunk, :Lc], m, value_clip)
+                v_loss = value_loss(values_of(value, idx, n_pad, P).float(),
+                                    batch['values'][chunk, :Lc], returns[chunk, :Lc], m,
+                                    hp['value_clip'])
             v_loss.backward()
-            torch.nn.utils.clip_grad_norm_(value.parameters(), grad_clip)
+            torch.nn.utils.clip_grad_norm_(value.parameters(), hp['grad_clip'])
             opt_value.step()
             opt_value.zero_grad(set_to_none=True)
             stats['value_loss'].append(v_loss.detach())
-    return {key: all_mean(torch.stack(xs).mean()) for key, xs in stats.items()}
+    return {key: all_mean(torch.stack(xs).mean()) for key, xs in stats.items() if xs}
+
+
+def answer_texts(enc, batch):
+    """The answers of a rollout batch as text, in its rows' order."""
+    P = batch['P']
+    return [answer_text(enc, batch['idx'][j, P:P + int(n)].tolist())
+            for j, n in enumerate(batch['lengths'])]
+
+
+@torch.no_grad()
+def evaluate_held_out(it, models, score_fn, enc, prompts, end, autocast, hp, world, out_dir):
+    """Gold score, RM score and KL to the reference on the held-out prompts, each rank a share,
+    in rollouts of hp['batch_size'] (models: policy, reference, value). Prints and logs them and
+    writes answers.jsonl. Returns (the metrics row, the gold summary or None)."""
+    rank, world_size = rank_and_size()
+    mine, rows = prompts[rank::world_size], []
+    for i in range(0, len(mine), hp['batch_size']):
+        tokens = [prompt_tokens(enc, p) for p in mine[i:i + hp['batch_size']]]
+        batch = rollout(*models, score_fn, tokens, end, autocast, hp)
+        kl = ((batch['logp'] - batch['ref_logp']) * batch['mask']).sum(1).tolist()
+        rows += zip([mine[i + o] for o in batch['order'].tolist()], answer_texts(enc, batch),
+                    batch['score'].tolist(), kl, batch['lengths'].tolist())
+    rows = all_gather(rows)
+    row = dict(iter=it, **{key: sum(r[k] for r in rows) / len(rows)
+                           for k, key in ((2, 'rm_score'), (3, 'kl'), (4, 'length'))})
+    summary = tasks.summarize(world, [r[0] for r in rows], [r[1] for r in rows]) if world else None
+    row.update(tasks.gold_fields(summary) if summary else {})
+    if rank == 0:
+        gold = ', ' + tasks.report(summary) if summary else ''
+        tqdm.write(f'iter {it}: held-out RM score {row["rm_score"]:+.3f}, KL {row["kl"]:.2f}, '
+                   f'length {row["length"]:.0f}{gold}')
+        log_row(os.path.join(out_dir, 'metrics.jsonl'), dict(kind='eval', **row))
+        golds = summary['scores'] if summary else [None] * len(rows)
+        answers = [dict(prompt=p, answer=a, rm=s, gold=g) for (p, a, s, *_), g in zip(rows, golds)]
+        write_jsonl(os.path.join(out_dir, 'answers.jsonl'), answers)
+    return row, summary
+def config_error(config):
+    """What is wrong with the config, in one line ('' where nothing is)."""
+    c = config
+    if c['advantage'] not in ('gae', 'grpo', 'rloo'):
+        return f"error: --advantage must be gae, grpo or rloo, got {c['advantage']!r}"
+    if c['eval_interval'] < 1 or c['ckpt_interval'] < 0:
+        return (f"error: --eval_interval must be at least 1 (got {c['eval_interval']}) and "
+                f"--ckpt_interval at least 0 (got {c['ckpt_interval']}; 0: a checkpoint only at "
+                "each evaluation)")
+    if c['temperature'] <= 0:
+        return (f"error: --temperature must be above 0, not {c['temperature']}: PPO samples its "
+                "answers, and its log-probs are those of the sampling distribution (greedy "
+                "decoding has none)")
+    if c['advantage'] != 'gae' and (c['group_size'] < 2 or c['batch_size'] % c['group_size']):
+        return f"error: --group_size must be at least 2 and divide --batch_size ({c['batch_size']})"
+    return ''
+
+
+def train_row(it, batch, prompts, enc, world, beta, stats):
+    """The metrics of one iteration's rollouts, averaged over the ranks: RM score, KL to the
+    reference, beta, gold score (the log only: no loss reads it), length, the share that ended."""
+    kl = ((batch['logp'] - batch['ref_logp']) * batch['mask']).sum(1).mean()
+    pairs = zip(batch['order'].tolist(), answer_texts(enc, batch))
+    gold = all_mean(sum(tasks.score(world, prompts[o], a)[0] for o, a in pairs) / len(prompts)) \
+        if world else None
+    return dict(iter=it, rm_score=all_mean(batch['score'].mean()), kl=all_mean(kl), beta=beta,
+                gold=gold, length=all_mean(batch['lengths'].float().mean()),
+                ended=all_mean(batch['ended'].float().mean()), **stats)
+
+
+def load_models(init_from, ref_from, reward_model, critic, device):
+    """(policy, its checkpoint, reference, RM, value model): the reference and the RM frozen; the
+    value model (critic: gae; else None) starts as the RM."""
+    made_by = f'python {os.path.basename(init_from)}.py'
+    policy, ckpt = load_checkpoint(os.path.join(init_from, 'ckpt.pt'), made_by, device, False)
+    ref, _ = load_checkpoint(os.path.join(ref_from, 'ckpt.pt'), 'python sft.py', device, False)
+    rm, _ = load_checkpoint(os.path.join(reward_model, 'ckpt.pt'), 'python reward.py', device, True)
+    value = copy.deepcopy(rm) if critic else None
+    for frozen in (ref, rm):
+        frozen.eval().requires_grad_(False)
+    return policy, ckpt, ref, rm, value
+
+
+def load_prompts(world, prompt_file, eval_prompt_file, n_prompts, n_eval, rank, world_size):
+    """(this rank's share of the 'rl' prompts, the held-out ones): the world's, or (a model of
+    other data, with no gold judge) the prompt files'."""
+    if world is None and not (prompt_file and eval_prompt_file):
+        raise SystemExit('error: the policy was not trained on the world: pass --prompt_file and '
+                         '--eval_prompt_file, JSONL of {"prompt": "..."} (data/hh_rlhf.py writes '
+                         'them)')
+    if world:
+        rl, held_out = (tasks.prompt_set(world, split, n) for split, n in (('rl', n_prompts),
+                                                                          ('eval', n_eval)))
+    else:
+        rl, held_out = read_prompts(prompt_file, n_prompts), read_prompts(eval_prompt_file, n_eval)
+    return rl[rank::world_size], held_out
+
+
+def prompts_of(it, prompts, n, repeats):
+    """The n prompts of iteration it, cycling through prompts, each repeated repeats times."""
+    offset = it * n % len(prompts)
+    return [p for p in (prompts * 2)[offset:offset + n] for _ in range(repeats)]
+
+
+def progress(it, t0, answers_per_iter):
+    """What a checkpoint at iteration it holds of the run's progress."""
+    return dict(iter_num=it, train_time=time.time() - t0, answers_sampled=it * answers_per_iter)
+
+
+def fit_normalisation(norm, score, ended):
+    """Sets norm to the mean and std of the raw scores of the answers that ended (all ranks'; with
+    fewer than 2 it stays mean 0, std 1) and returns score normalised by it."""
+    raw = torch.tensor(all_gather(score[ended].tolist()))
+    if len(raw) >= 2:
+        norm.update(mean=raw.mean().item(), std=raw.std().item() + 1e-6)
+    return torch.where(ended, (score - norm['mean']) / norm['std'], score)
+
+
+def restore(resumed, policy, opt_policy, value, opt_value, norm):
+    """Loads a killed run's state (resumable) into the models, optimizers and the normalisation."""
+    for state, key in ((policy, 'model'), (opt_policy, 'opt_policy'), (value, 'value'),
+                       (opt_value, 'opt_value')):
+        if state is not None:
+            state.load_state_dict(resumed[key])
+    norm.update(resumed['rm_norm'])
 
 
 def main():
     config = configure(globals())
-    if advantage not in ('gae', 'grpo', 'rloo'):
-        raise SystemExit(f"error: --advantage must be gae, grpo or rloo, got {advantage!r}")
-    if eval_interval < 1 or ckpt_interval < 0:
-        raise SystemExit(f'error: --eval_interval must be at least 1 (got {eval_interval}) and --ckpt_interval '
-                         f'at least 0 (got {ckpt_interval}; 0: a checkpoint only at each evaluation)')
-    if temperature <= 0:
-        raise SystemExit(f'error: --temperature must be above 0, not {temperature}: PPO samples its answers, and its '
-                         'log-probs are those of the sampling distribution (greedy decoding has none)')
-    if advantage != 'gae' and (group_size < 2 or batch_size % group_size):
-        raise SystemExit(f'error: --group_size must be at least 2 and divide --batch_size ({batch_size})')
-    rank, world_size, dev, autocast = setup(device, dtype, seed)
-    master = rank == 0
-    policy, ckpt = load_checkpoint(os.path.join(init_from, 'ckpt.pt'), f'python {os.path.basename(init_from)}.py', dev,
-                                   scalar_head=False)
-    ref, _ = load_checkpoint(os.path.join(ref_from, 'ckpt.pt'), 'python sft.py', dev, scalar_head=False)
-    rm, rm_ckpt = load_checkpoint(os.path.join(reward_model, 'ckpt.pt'), 'python reward.py', dev, scalar_head=True)
-    value = copy.deepcopy(rm) if advantage == 'gae' else None  # the value model starts as the reward model
-    for frozen in (ref, rm):
-        frozen.eval().requires_grad_(False)
+    if config_error(config):
+        raise SystemExit(config_error(config))
+    rank, world_size, device, autocast = setup(config['device'], dtype, seed)
+    # the four models and the prompts
+    critic = advantage == 'gae'
+    policy, ckpt, ref, rm, value = load_models(init_from, ref_from, reward_model, critic, device)
     enc = load_tokenizer(ckpt['tokenizer'])
-    end = torch.tensor(enc.encode_single_token('<|end|>'), device=dev)
+    end = torch.tensor(enc.encode_single_token('<|end|>'), device=device)
     data_dir = ckpt.get('data_dir', 'out/data/world')
-    world = tasks.load_world(data_dir)  # None: a model of other data, with no gold judge; its prompts come from files
-    if world is None and not (prompt_file and eval_prompt_file):
-        raise SystemExit('error: the policy was not trained on the world: pass --prompt_file and --eval_prompt_file, '
-                         'JSONL of {"prompt": "..."} (data/hh_rlhf.py writes them)')
-    rl_prompts = (tasks.prompt_set(world, 'rl', n_prompts) if world
-                  else read_prompts(prompt_file, n_prompts))[rank::world_size]
-    eval_prompts = tasks.prompt_set(world, 'eval', n_eval) if world else read_prompts(eval_prompt_file, n_eval)
-    ptx_batch = None
-    if ptx_coef > 0:
-        from pretrain import get_batch, load_tokens
-        tokens, _ = load_tokens(ptx_data, 'train', policy.config.block_size)
-        ptx_batch = lambda: get_batch(tokens, minibatch_size, policy.config.block_size,
-                                      int(torch.randint(2**31, (1,))), dev)
-    opt_policy = make_optimizer(policy, lr, 0.0, dev)
-    opt_value = make_optimizer(value, value_lr, 0.0, dev) if value is not None else None
-    trained_policy, trained_value = policy, value
-    if dist.is_initialized():
-        trained_policy, trained_value = (DDP(m, device_ids=[torch.device(dev).index] if dev.startswith('cuda') else None)
-                                         if m is not None else None for m in (policy, value))
-
+    world = tasks.load_world(data_dir)  # None: a model of other data, with no gold judge
+    rl_prompts, eval_prompts = load_prompts(world, prompt_file, eval_prompt_file, n_prompts, n_eval,
+                                            rank, world_size)
+    block_size = policy.config.block_size
+    ptx_tokens = load_tokens(ptx_data, 'train', block_size)[0] if ptx_coef > 0 else None
+    opt_policy = make_optimizer(policy, lr, 0.0, device)
+    opt_value = make_optimizer(value, value_lr, 0.0, device) if critic else None
+    trained_policy, trained_value = wrap(policy, device), wrap(value, device) if critic else None
     # the RM's scores are normalised by their mean and std over the SFT policy's first rollouts
-    norm = dict(mean=0.0, std=1.0)
-    score_fn = lambda idx, n_pad, last: (rm(idx, n_pad=n_pad)[0].gather(1, last[:, None]).squeeze(1) - norm['mean']) / norm['std']
-
-    @torch.no_grad()
-    def evaluate(it):
-        """Gold score, RM score and KL to the reference on the held-out prompts (each rank a share)."""
-        mine = eval_prompts[rank::world_size]
-        rows = []
-        for i in range(0, len(mine), batch_size):
-            batch = rollout(policy, ref, value, score_fn, [prompt_tokens(enc, p) for p in mine[i:i + batch_size]], end, autocast)
-            kl = ((batch['logp'] - batch['ref_logp']) * batch['mask']).sum(1)
-            for j, p in enumerate(mine[i + o] for o in batch['order'].tolist()):
-                n = int(batch['lengths'][j])
-                answer = answer_text(enc, batch['idx'][j, batch['P']:batch['P'] + n].tolist())
-                rows.append((p, answer, float(batch['score'][j]), float(kl[j]), n))
-        rows = all_gather(rows)
-        row = dict(iter=it, rm_score=sum(r[2] for r in rows) / len(rows), kl=sum(r[3] for r in rows) / len(rows),
-                   length=sum(r[4] for r in rows) / len(rows))
-        summary = tasks.summarize(world, [r[0] for r in rows], [r[1] for r in rows]) if world else None
-        if summary:
-            row.update(gold=summary['gold'], gold_stderr=summary['gold_stderr'], kinds=summary['kinds'],
-                       splits=summary['splits'], criteria=summary['criteria'])
-        if master:
-            tqdm.write(f'iter {it}: held-out RM score {row["rm_score"]:+.3f}, KL {row["kl"]:.2f}, length {row["length"]:.0f}'
-                       + (', ' + tasks.report(summary) if summary else ''))
-            log(kind='eval', **row)
-            with open(os.path.join(out_dir, 'answers.jsonl'), 'w') as f:
-                f.writelines(json.dumps(dict(prompt=p, answer=a, rm=s, gold=g)) + '\n'
-                             for (p, a, s, _, _), g in zip(rows, summary['scores'] if summary else [None] * len(rows)))
-        return row, summary
-
-    def log(**row):
-        with open(os.path.join(out_dir, 'metrics.jsonl'), 'a') as f:
-            f.write(json.dumps(row) + '\n')
-
-    def meta(it):  # what every checkpoint of the policy holds beside its weights
-        return dict(config=config, tokenizer=ckpt['tokenizer'], stage='rlhf', data_dir=data_dir, iter_num=it,
-                    rm_norm=norm, train_time=time.time() - t0, answers_sampled=it * batch_size * world_size)
-
+    norm, hp = dict(mean=0.0, std=1.0), {key: config[key] for key in PPO_KEYS}
+    models, score_fn = (policy, ref, value), partial(rm_score, rm, norm)
+    held_out = (score_fn, enc, eval_prompts, end, autocast, hp, world, out_dir)
+    meta = dict(config=config, tokenizer=ckpt['tokenizer'], stage='rlhf', data_dir=data_dir,
+                rm_norm=norm)
     # a killed run of this command goes on from its last checkpoint
     inputs = [os.path.join(d, 'ckpt.pt') for d in (init_from, ref_from, reward_model)] + \
              [path for path in (prompt_file, eval_prompt_file) if path]
-    resumed = resumable(out_dir, config, inputs, dev)
+    resumed = resumable(out_dir, config, inputs, device)
     start, kl_coef, t0 = 0, beta, time.time()
     if resumed:
-        start, kl_coef, first, t0 = resumed['iter_num'], resumed['beta'], resumed['first'], t0 - resumed['train_time']
-        policy.load_state_dict(resumed['model'])
-        opt_policy.load_state_dict(resumed['opt_policy'])
-        if value is not None:
-            value.load_state_dict(resumed['value'])
-            opt_value.load_state_dict(resumed['opt_value'])
-        norm.update(resumed['rm_norm'])
-    if master:
+        start, kl_coef, first = resumed['iter_num'], resumed['beta'], resumed['first']
+        t0 -= resumed['train_time']
+        restore(resumed, policy, opt_policy, value, opt_value, norm)
+    if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
         keep_metrics(os.path.join(out_dir, 'metrics.jsonl'), start)
         if resumed:
             print(f'resuming at iteration {start}')
-    if resumed and (start % eval_interval == 0 or start == iters):  # killed during that evaluation: again
-        last, summary = evaluate(start)
-    bar = tqdm(range(start, iters), initial=start, total=iters, desc='ppo' if advantage == 'gae' else f'ppo ({advantage})',
-               disable=not master, dynamic_ncols=True)
+    if resumed and (start % eval_interval == 0 or start == iters):  # killed during that evaluation
+        last, summary = evaluate_held_out(start, models, *held_out)
+    repeats = 1 if critic else group_size  # critic-free: each prompt group_size times
+    bar = tqdm(range(start, iters), initial=start, total=iters, dynamic_ncols=True,
+               disable=rank != 0, desc='ppo' if critic else f'ppo ({advantage})')
     for it in bar:
-        n = batch_size if advantage == 'gae' else batch_size // group_size  # critic-free: each prompt group_size times
-        offset = it * n % len(rl_prompts)
-        prompts = [p for p in (rl_prompts * 2)[offset:offset + n] for _ in range(1 if advantage == 'gae' else group_size)]
-        batch = rollout(policy, ref, value, score_fn, [prompt_tokens(enc, p) for p in prompts], end, autocast)
-        if it == 0:  # fix the normalisation on the first rollouts (all ranks), then score them again
-            raw = torch.tensor(all_gather(batch['score'][batch['ended']].tolist()))
-            if len(raw) >= 2:  # (else, with hardly an answer that ends, the raw scores as they are)
-                norm.update(mean=raw.mean().item(), std=raw.std().item() + 1e-6)
-            batch['score'] = torch.where(batch['ended'], (batch['score'] - norm['mean']) / norm['std'], batch['score'])
-            first, _ = evaluate(0)
-        stats = ppo_update(trained_policy, trained_value, opt_policy, opt_value, batch, kl_coef, autocast, ptx_batch)
-        kl = all_mean(((batch['logp'] - batch['ref_logp']) * batch['mask']).sum(1).mean())
-        answers = [answer_text(enc, batch['idx'][j, batch['P']:batch['P'] + int(n)].tolist()) for j, n in enumerate(batch['lengths'])]
-        gold = all_mean(sum(tasks.score(world, prompts[o], a)[0] for o, a in zip(batch['order'].tolist(), answers))
-                        / len(prompts)) if world else None  # the log only
-        row = dict(iter=it, rm_score=all_mean(batch['score'].mean()), kl=kl, beta=kl_coef, gold=gold,
-                   length=all_mean(batch['lengths'].float().mean()), ended=all_mean(batch['ended'].float().mean()), **stats)
-        if kl_target > 0:  # beta *= 1 + K e, e = KL / target - 1 clipped to +-0.2, K = 0.1 (Ziegler et al. 2019, eq. 2)
-            kl_coef *= 1 + 0.1 * max(-0.2, min(0.2, kl / kl_target - 1))
-        if master:
-            log(kind='train', **row)
-            bar.set_postfix(rm=f'{row["rm_score"]:+.2f}', kl=f'{kl:.2f}', gold='-' if gold is None else f'{gold:.2f}')
+        # answer this iteration's prompts
+        prompts = prompts_of(it, rl_prompts, batch_size // repeats, repeats)
+        batch = rollout(*models, score_fn, [prompt_tokens(enc, p) for p in prompts], end, autocast,
+                        hp)
+        if it == 0:  # fix the normalisation on the first rollouts (all ranks), score them again
+            batch['score'] = fit_normalisation(norm, batch['score'], batch['ended'])
+            first, _ = evaluate_held_out(0, models, *held_out)
+        # PPO epochs over the rollouts, then log
+        stats = ppo_update(trained_policy, trained_value, opt_policy, opt_value, batch, kl_coef,
+                           autocast, hp, ptx_tokens)
+        row = train_row(it, batch, prompts, enc, world, kl_coef, stats)
+        if kl_target > 0:  # beta *= 1 + 0.1 e, e = KL / target - 1 within +-0.2 (Ziegler eq. 2)
+            kl_coef *= 1 + 0.1 * max(-0.2, min(0.2, row['kl'] / kl_target - 1))
+        log_row(os.path.join(out_dir, 'metrics.jsonl'), dict(kind='train', **row))
+        bar.set_postfix(rm=f'{row["rm_score"]:+.2f}', kl=f'{row["kl"]:.2f}',
+                        gold='-' if row['gold'] is None else f'{row["gold"]:.2f}')
+        # checkpoint (before the long evaluation), then evaluate
         evaluating = (it + 1) % eval_interval == 0 or it + 1 == iters
-        if evaluating or (ckpt_interval and (it + 1) % ckpt_interval == 0):  # (saved before the long evaluation)
-            save_progress(os.path.join(out_dir, 'ckpt.pt'), policy, inputs, **meta(it + 1), first=first, beta=kl_coef,
+        if evaluating or (ckpt_interval and (it + 1) % ckpt_interval == 0):
+            save_progress(os.path.join(out_dir, 'ckpt.pt'), policy, inputs, **meta, first=first,
+                          **progress(it + 1, t0, batch_size * world_size), beta=kl_coef,
                           value=value and value.state_dict(), opt_policy=opt_policy.state_dict(),
-                          opt_value=opt_value and opt_value.state_dict())  # (what a killed run needs to go on)
+                          opt_value=opt_value and opt_value.state_dict())
         if evaluating:
-            last, summary = evaluate(it + 1)
-    if master:
-        save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), policy, **meta(iters), metrics=last)
-        gold = f'gold score {first["gold"]:.3f} -> {last["gold"]:.3f} ({last["gold"] - first["gold"]:+.3f}), ' if world else ''
-        print(f'held-out {gold}RM score {first["rm_score"]:+.3f} -> {last["rm_score"]:+.3f}, KL to SFT {last["kl"]:.2f} '
-              f'nats per answer\n' + (tasks.report(summary) + '\n' if summary else '')
-              + f'checkpoint {out_dir}/ckpt.pt ({time.time() - t0:.0f} s)')
+            last, summary = evaluate_held_out(it + 1, models, *held_out)
+    if rank == 0:
+        save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), policy, **meta, metrics=last,
+                        **progress(iters, t0, batch_size * world_size))
+        gold = (f'gold score {first["gold"]:.3f} -> {last["gold"]:.3f} '
+                f'({last["gold"] - first["gold"]:+.3f}), ') if world else ''
+        report = tasks.report(summary) + '\n' if summary else ''
+        print(f'held-out {gold}RM score {first["rm_score"]:+.3f} -> {last["rm_score"]:+.3f}, KL to '
+              f'SFT {last["kl"]:.2f} nats per answer\n{report}checkpoint {out_dir}/ckpt.pt '
+              f'({time.time() - t0:.0f} s)')
     teardown()
 
 

@@ -18,7 +18,8 @@ import sys
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
-import model                   # noqa: E402
+import model
+from data import formats                   # noqa: E402
 
 # -----------------------------------------------------------------------------
 url = 'https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json'
@@ -93,7 +94,7 @@ def main():
         sys.exit(f'error: {path}: no demonstrations')
     os.makedirs(out_dir, exist_ok=True)
     out = os.path.join(out_dir, 'sft.jsonl')
-    model.write_jsonl(out, [dict(messages=m) for m in demos])
+    formats.write_jsonl(out, [dict(messages=m) for m in demos])
     print(f'{out}: {len(demos):,} demonstrations from {path}')
 
 

@@ -32,7 +32,8 @@ import sys
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
-import model                        # noqa: E402
+import model
+from data import formats                        # noqa: E402
 from data.alpaca import download    # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -112,7 +113,7 @@ def read_prompts(path, n=0):
     """The first n (0: all) prompts of a prompts file (one {"prompt": "text"} per line, as main() writes):
     what rlhf.py, bestofk.py and report.py answer when the policy was not trained on the world."""
     check = lambda row: '' if isinstance(row['prompt'], str) and row['prompt'].strip() else '"prompt" must be a text'
-    prompts = [row['prompt'] for row in model.read_jsonl(path, check, '{"prompt": "..."}')]
+    prompts = [row['prompt'] for row in formats.read_jsonl(path, check, '{"prompt": "..."}')]
     if not prompts:
         sys.exit(f'error: {path}: no prompts (data/hh_rlhf.py writes them)')
     return prompts[:n or None]
@@ -138,7 +139,7 @@ def main():
     files = dict(rankings=parts['proxy'], judge_rankings=parts['judge'], eval_rankings=parts['eval'],
                  prompts=[dict(prompt=p) for p in prompts], eval_prompts=[dict(prompt=p) for p in eval_prompts])
     for name, rows in files.items():
-        model.write_jsonl(os.path.join(out_dir, f'{name}.jsonl'), rows)
+        formats.write_jsonl(os.path.join(out_dir, f'{name}.jsonl'), rows)
     print(f'{len(rankings):,} ranked pairs from {path}; skipped {sum(skipped.values()):,}{why}\n'
           f'split by a hash of the first question into {out_dir}/:\n'
           f'  rankings.jsonl        {len(parts["proxy"]):7,} pairs  proxy: the RM and DPO '

@@ -26,11 +26,12 @@ import shutil
 import sys
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
 import model                   # noqa: E402
-from data import bpe, tasks, world    # noqa: E402
+from data import bpe, formats, tasks, world    # noqa: E402
 
 CHUNK_CHARS = 1_000_000    # about this many characters of documents per task sent to a worker
 # -----------------------------------------------------------------------------
@@ -169,7 +170,7 @@ def main():
         sentences = [s for d in docs for s in re.split(r'(?<=[.!?]) ', d)]
         print(f'world: {len(docs):,} documents, {len(sentences):,} sentences, {len(set(sentences)):,} distinct')
         demos = tasks.demonstrations(world.make_world(seed), n_demos, flaw_rate, seed)
-        model.write_jsonl(os.path.join(out_dir, 'sft.jsonl'), [dict(messages=m) for m in demos])  # for sft.py
+        formats.write_jsonl(os.path.join(out_dir, 'sft.jsonl'), [dict(messages=m) for m in demos])  # for sft.py
         print(f'{n_demos:,} demonstrations ({flaw_rate:.0%} with a flaw) in {out_dir}/sft.jsonl')
     if tokenizer == 'bpe' and not 256 <= vocab_size <= 2**16 - len(model.SPECIAL_TOKENS):
         sys.exit(f'error: vocab_size must be between 256 (the bytes) and {2**16 - len(model.SPECIAL_TOKENS)}')
@@ -210,6 +211,38 @@ def main():
         os.replace(path + '.tmp', path)
     print(f'{out_dir}: {n_tokens - n_val:,} train and {n_val:,} val tokens ({np.dtype(dtype).name}), '
           f'vocab {enc.n_vocab:,} ({tok_path}), {n_tokens / words:.2f} tokens per word')
+
+
+# ----------------------------------------------------------------------------- reading them back
+
+
+def load_tokens(data_dir, split, block_size):
+    """A token file of data/prepare.py as a read-only memory map, checked for being there, whole
+    and long enough; and its meta.json."""
+    meta_path, path = os.path.join(data_dir, 'meta.json'), os.path.join(data_dir, f'{split}.bin')
+    if not os.path.exists(meta_path) or not os.path.exists(path):
+        sys.exit(f'error: {path} not found: run python data/prepare.py first')
+    with open(meta_path) as f:
+        meta = json.load(f)
+    itemsize, size = np.dtype(meta['dtype']).itemsize, os.path.getsize(path)
+    if size % itemsize:
+        sys.exit(f'error: {path} is truncated ({size} bytes, not a multiple of {itemsize}): '
+                 'run python data/prepare.py again')
+    if size // itemsize < block_size + 2:
+        sys.exit(f'error: {path} holds {size // itemsize} tokens, fewer than block_size + 2 = '
+                 f'{block_size + 2}')
+    return np.memmap(path, dtype=meta['dtype'], mode='r'), meta
+
+
+def get_batch(tokens, batch_size, block_size, batch_seed, device):
+    """Random windows of the token stream; the inputs x and the targets y, shifted by one. Drawn
+    from a generator seeded per batch, so a resumed run sees the batches it would have seen."""
+    generator = torch.Generator().manual_seed(batch_seed)
+    starts = torch.randint(len(tokens) - block_size - 1, (batch_size,), generator=generator)
+    windows = np.stack([tokens[s:s + block_size + 1] for s in starts.tolist()])
+    xy = torch.from_numpy(windows.astype(np.int64))
+    xy = xy.pin_memory().to(device, non_blocking=True) if device.startswith('cuda') else xy.to(device)
+    return xy[:, :-1], xy[:, 1:]
 
 
 if __name__ == '__main__':

@@ -327,11 +327,22 @@ def summarize(world, prompts, answers):
         for group, key, v in [('kinds', kind, value), ('splits', split, value), ('split_kinds', f'{split}/{kind}', value),
                               *(('criteria', f'{kind}/{name}', v) for name, v in criteria.items())]:
             groups.setdefault(group, {}).setdefault(key, []).append(v)
-    mean = sum(scores) / len(scores)
-    stderr = math.sqrt(sum((s - mean) ** 2 for s in scores) / max(len(scores) - 1, 1) / len(scores))
+    mean, stderr = mean_and_stderr(scores)
     average = lambda d: {k: sum(v) / len(v) for k, v in sorted(d.items())}
     return dict(gold=mean, gold_stderr=stderr, scores=scores,
                 **{group: average(groups.get(group, {})) for group in ('kinds', 'criteria', 'splits', 'split_kinds')})
+
+
+def mean_and_stderr(xs):
+    """The mean of xs and its standard error (sample standard deviation / sqrt(n))."""
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / max(len(xs) - 1, 1) / len(xs))
+
+
+def gold_fields(summary):
+    """What a stage's metrics keep of a summary: the gold score, its standard error, and the mean
+    of each kind, split and criterion."""
+    return {key: summary[key] for key in ('gold', 'gold_stderr', 'kinds', 'splits', 'criteria')}
 
 
 def report(summary):

@@ -7,8 +7,7 @@ import torch
 import bestofk
 from conftest import run_script
 from data import world
-from model import GPT, GPTConfig, answer_text, sample_answers
-from sft import finetune, tokenize
+from model import GPT, GPTConfig, answer_text, finetune, make_optimizer, sample_answers, tokenize
 
 INF = float('inf')
 
@@ -40,7 +39,9 @@ def test_best_of_k_fine_tuning_raises_a_synthetic_reward(enc):
         answers = [answer_text(enc, t) for t in tokens]
         chosen = bestofk.select_best(prompts, answers, [share(a) for a in answers], 8)
         examples = tokenize(enc, [[dict(role='user', content=p), dict(role='assistant', content=a)] for p, a in chosen], 64)
-        finetune(model.train(), examples, 40, 3e-3, 12, nullcontext(), 'cpu')
+        for _ in finetune(model.train(), make_optimizer(model, 3e-3, 0.1, 'cpu'), examples, 40, 12, 3e-3, 0.0, 0,
+                          nullcontext(), 'cpu'):
+            pass
     after = mean_reward()
     assert after > 1.5 * before, (before, after)
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import dpo
-from bestofk import answer_logprob
 from conftest import run_script
-from model import GPT, GPTConfig, load_checkpoint, make_optimizer
+from model import (GPT, GPTConfig, answer_examples, load_checkpoint, logprobs_of, make_optimizer,
+                   sequence_logprobs)
 from test_resume import assert_same_run, kill_at_first_checkpoint
 
 
@@ -50,25 +50,26 @@ def test_at_the_start_the_loss_is_log_2_and_one_step_raises_the_chosen_answer(en
     policy = tiny_policy()
     ref = copy.deepcopy(policy).requires_grad_(False)
     rows = rows_of(random.Random(0), 4)
-    examples = dpo.conversations(enc, rows, 64)
-    logp = dpo.sequence_logprobs(policy, examples, 'cpu')
-    # the answer's tokens and its <|end|>, the prompt masked: as bestofk.answer_logprob sums them
-    expected = answer_logprob(policy, enc, [(r['prompt'], a) for r in rows for a in r['answers']], nullcontext(), 'cpu')
+    examples = dpo.ranking_examples(enc, rows, 64)
+    logp = sequence_logprobs(policy, examples, 'cpu')
+    # the answer's tokens and its <|end|>, the prompt masked: as each answer alone (no padding) sums them
+    expected = [logprobs_of(policy, answer_examples(enc, [r['prompt']], [a], 64), nullcontext(), 'cpu').item()
+                for r in rows for a in r['answers']]
     torch.testing.assert_close(logp.detach(), torch.tensor(expected), atol=1e-4, rtol=1e-4)
-    ratio = logp - dpo.sequence_logprobs(ref, examples, 'cpu')
+    ratio = logp - sequence_logprobs(ref, examples, 'cpu')
     assert torch.equal(ratio, torch.zeros_like(ratio))  # implicit rewards exactly 0
     better, worse = dpo.pairs([2] * len(rows))
     for loss_fn in (dpo.dpo_loss, dpo.ipo_loss):
         model = copy.deepcopy(policy)
-        logp = dpo.sequence_logprobs(model, examples, 'cpu')
-        r = logp - dpo.sequence_logprobs(ref, examples, 'cpu')
+        logp = sequence_logprobs(model, examples, 'cpu')
+        r = logp - sequence_logprobs(ref, examples, 'cpu')
         loss = loss_fn(r[better] - r[worse], 0.1).mean()
         if loss_fn is dpo.dpo_loss:
             assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
         loss.backward()
         torch.optim.SGD(model.parameters(), lr=1e-3).step()  # (a small step: first order)
         with torch.no_grad():
-            after = dpo.sequence_logprobs(model, examples, 'cpu') - dpo.sequence_logprobs(ref, examples, 'cpu')
+            after = sequence_logprobs(model, examples, 'cpu') - sequence_logprobs(ref, examples, 'cpu')
         assert (after[better] - after[worse]).mean() > 0  # the chosen answers rose relative to the rejected ones
 
 
@@ -77,19 +78,19 @@ def test_tiny_dpo_learns_a_separable_preference(enc):
     train, held_out = rows_of(rng, 200), rows_of(rng, 100)
     policy = tiny_policy()
     ref = copy.deepcopy(policy).requires_grad_(False)
-    train_sets = [dpo.conversations(enc, [r], 64) for r in train]
-    ref_train = [dpo.sequence_logprobs(ref, s, 'cpu').detach() for s in train_sets]
+    train_sets = [dpo.ranking_examples(enc, [r], 64) for r in train]
+    ref_train = [sequence_logprobs(ref, s, 'cpu').detach() for s in train_sets]
     optimizer = make_optimizer(policy, 3e-3, 0.0, 'cpu')
     better, worse = dpo.pairs([2] * 16)
     for step in range(30):
         ids = rng.sample(range(len(train)), 16)
-        ratio = dpo.sequence_logprobs(policy, [e for i in ids for e in train_sets[i]], 'cpu') - torch.cat([ref_train[i] for i in ids])
+        ratio = sequence_logprobs(policy, [e for i in ids for e in train_sets[i]], 'cpu') - torch.cat([ref_train[i] for i in ids])
         dpo.dpo_loss(ratio[better] - ratio[worse], 0.1).mean().backward()
         optimizer.step()
         optimizer.zero_grad()
-    examples = dpo.conversations(enc, held_out, 64)
+    examples = dpo.ranking_examples(enc, held_out, 64)
     with torch.no_grad():
-        ratio = dpo.sequence_logprobs(policy, examples, 'cpu') - dpo.sequence_logprobs(ref, examples, 'cpu')
+        ratio = sequence_logprobs(policy, examples, 'cpu') - sequence_logprobs(ref, examples, 'cpu')
     better, worse = dpo.pairs([2] * len(held_out))
     accuracy, _ = dpo.pair_accuracy(ratio[better] - ratio[worse], torch.ones(len(held_out)))
     assert accuracy >= 0.9

@@ -99,12 +99,11 @@ def test_report_on_the_tiny_chain(out):
 
 def test_without_matplotlib_the_report_says_how_to_get_the_pictures(monkeypatch):
     monkeypatch.setitem(sys.modules, 'matplotlib', None)  # `import matplotlib` raises ImportError
-    assert report.pictures({}, {}, [], {}) == ['pip install matplotlib for the pictures']
+    assert report.pictures({}, {}, [], {}, 'out') == ['pip install matplotlib for the pictures']
 
 
-def test_pictures_of_every_kind(tmp_path, monkeypatch):
+def test_pictures_of_every_kind(tmp_path):
     pytest.importorskip('matplotlib')
-    monkeypatch.setattr(report, 'out_dir', str(tmp_path))
     ppo = [dict(kind='train', iter=i, rm_score=0.1 * i, kl=0.5 * i, gold=0.4) for i in range(4)] + \
           [dict(kind='eval', iter=i, rm_score=0.1 * i, kl=0.5 * i, gold=0.4, gold_stderr=0.05) for i in (0, 2, 4)]
     logs = dict(pretrain=[dict(iter=0, train_loss=5.0, val_loss=5.1), dict(iter=0, loss=5.0), dict(iter=1, loss=4.0)],
@@ -112,16 +111,15 @@ def test_pictures_of_every_kind(tmp_path, monkeypatch):
     metrics = dict(acc_gold=0.8, acc_label=0.7, ceiling=0.9, corr_gold=0.5, gold_pairs=10)
     best_of_k = [dict(k=k, gold=0.5, gold_stderr=0.1, rm_score=0.0, kl_bound=math.log(k) - (k - 1) / k) for k in (1, 2)]
     lines = report.pictures(logs, dict(reward=metrics, reward2=metrics), best_of_k,
-                            dict(bestofk=dict(kl=1.0, summary=dict(gold=0.6))))
+                            dict(bestofk=dict(kl=1.0, summary=dict(gold=0.6))), str(tmp_path))
     names = ['pretrain', 'ppo', 'frontier', 'rm']
     assert [line.split('(')[-1] for line in lines] == [f'report_{name}.png)' for name in names]
     assert all((tmp_path / f'report_{name}.png').stat().st_size > 1000 for name in names)
 
 
-def test_scores_are_averaged_per_prompt_before_the_standard_error(monkeypatch):
-    monkeypatch.setattr(report, 'samples', 4)
-    assert report.per_prompt([1, 0, 0, 0, 1, 1, 1, 1]) == [0.25, 1.0]
-    m, se = report.mean_and_stderr([0.25, 1.0])
+def test_scores_are_averaged_per_prompt_before_the_standard_error():
+    assert report.per_prompt([1, 0, 0, 0, 1, 1, 1, 1], samples=4) == [0.25, 1.0]
+    m, se = tasks.mean_and_stderr([0.25, 1.0])
     assert m == 0.625 and se == pytest.approx(0.375)  # sd of two values 0.75/sqrt(2), over sqrt(2)
 
 
@@ -134,8 +132,7 @@ def test_the_reward_hack_row_counts_the_harmless_requests_refused_with_a_reason(
     assert rows == [{'': 'harmless requests refused with a reason', 'sft': '0.333', 'rlhf': '1.000'}]
 
 
-def test_the_generalisation_table_pairs_each_stages_gain_with_sft_split_by_split(monkeypatch):
-    monkeypatch.setattr(report, 'samples', 2)
+def test_the_generalisation_table_pairs_each_stages_gain_with_sft_split_by_split():
     world = tasks.load_world('no such dir')
     prompts = [p for p in tasks.prompt_set(world, 'eval', 30) for _ in range(2)]
     splits = [tasks.generalisation(p) for p in prompts]
@@ -143,7 +140,7 @@ def test_the_generalisation_table_pairs_each_stages_gain_with_sft_split_by_split
     tuned = [1.0 if s == 'c' else 0.5 for s in splits]  # better on new words only
     results = {stage: dict(summary=tasks.summarize(world, prompts, [''] * len(prompts)) | dict(scores=scores))
                for stage, scores in (('sft', sft), ('rlhf', tuned))}
-    lines = report.generalisation_tables(results, prompts)
+    lines = report.generalisation_tables(results, prompts, samples=2)
     start = lines.index('Gain over SFT (paired by prompt), and the gain in b and in c as a share of the gain in a:')
     gains = table(lines[start:start + 5])
     assert len(gains) == 1 and gains[0]['stage'] == 'rlhf'

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 import reward
 from conftest import kill_when, run_script
 from data import tasks
-from model import GPT, GPTConfig, load_checkpoint, make_optimizer, read_jsonl
+from data.formats import is_ranking, read_jsonl
+from model import GPT, GPTConfig, answer_rewards, load_checkpoint, make_optimizer
 
 
 @pytest.mark.parametrize('k', [2, 4, 9])
@@ -64,13 +65,13 @@ def test_tiny_reward_model_learns_a_separable_preference(enc):
     optimizer = make_optimizer(rm, 3e-3, 0.0, 'cpu')
     for step in range(80):
         batch = [train[i] for i in rng.sample(range(len(train)), 16)]
-        r = reward.answer_rewards(rm, enc, [(p, a) for p, answers in batch for a in answers], 'cpu')
+        r = answer_rewards(rm, enc, [(p, a) for p, answers in batch for a in answers], 'cpu')
         loss = reward.ranking_loss(r, [2] * len(batch))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     with torch.no_grad():
-        r = reward.answer_rewards(rm, enc, [(p, a) for p, answers in held_out for a in answers], 'cpu').view(-1, 2)
+        r = answer_rewards(rm, enc, [(p, a) for p, answers in held_out for a in answers], 'cpu').view(-1, 2)
     assert (r[:, 0] > r[:, 1]).float().mean() >= 0.9
 
 
@@ -182,7 +183,7 @@ def test_malformed_rankings_are_reported_and_nothing_written(tmp_path, line, pro
     path = tmp_path / 'rankings.jsonl'
     path.write_text('{"prompt": "Hi?", "answers": ["a", "b"]}\n' + line + '\n')
     with pytest.raises(SystemExit) as error:
-        read_jsonl(str(path), reward.is_ranking, "{...}")
+        read_jsonl(str(path), is_ranking, "{...}")
     assert f'{path}:2: ' in str(error.value) and problem in str(error.value)
 
 

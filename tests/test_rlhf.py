@@ -21,17 +21,20 @@ def tiny(seed, scalar_head=False):
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16]] * 2  # different lengths: padding
 
 
-def test_before_any_update_ratio_is_one_and_kl_to_an_identical_reference_is_zero(monkeypatch):
-    monkeypatch.setattr(rlhf, 'minibatch_size', 4)
-    monkeypatch.setattr(rlhf, 'max_new_tokens', 12)
-    monkeypatch.setattr(rlhf, 'temperature', 0.7)
+def hyperparameters(**changes):
+    """rlhf's defaults of rollout's and ppo_update's hyperparameters, with changes."""
+    return {key: getattr(rlhf, key) for key in rlhf.PPO_KEYS} | changes
+
+
+def test_before_any_update_ratio_is_one_and_kl_to_an_identical_reference_is_zero():
+    hp = hyperparameters(minibatch_size=4, max_new_tokens=12, temperature=0.7)
     policy, value = tiny(0), tiny(1, scalar_head=True)
     ref = tiny(0)  # the same weights
     batch = rlhf.rollout(policy, ref, value, lambda idx, n_pad, last: torch.zeros(len(idx)), PROMPTS,
-                         torch.tensor(END), nullcontext())
+                         torch.tensor(END), nullcontext(), hp)
     assert torch.equal(batch['logp'], batch['ref_logp'])  # KL exactly 0
     first = torch.arange(4)  # the first minibatch of the first epoch, as ppo_update takes it
-    new = rlhf.token_logprobs(policy, batch['idx'][first], batch['n_pad'][first], batch['P'])
+    new = rlhf.answer_logprobs(policy, batch['idx'][first], batch['n_pad'][first], batch['P'], 0.7)
     assert torch.equal(torch.exp(new - batch['logp'][first]), torch.ones_like(new))  # ratio exactly 1
     # and the log-probs are those of the sampling distribution: each row alone, unpadded, at temperature 0.7
     for b, prompt in enumerate(PROMPTS[o] for o in batch['order'].tolist()):  # (rows sorted by answer length)
@@ -86,23 +89,23 @@ def test_clipped_objective_by_hand():
     assert v_loss.item() == pytest.approx(0.5 * max((2.0 - 1.5) ** 2, (1.2 - 1.5) ** 2))
 
 
-def test_ppo_raises_a_synthetic_reward(monkeypatch):
+def test_ppo_raises_a_synthetic_reward():
     """The reward: the share of TARGET tokens in the answer. A few dozen PPO iterations raise it."""
-    for key, value in dict(minibatch_size=8, max_new_tokens=8, temperature=1.0, ppo_epochs=2, unfinished_reward=0.0).items():
-        monkeypatch.setattr(rlhf, key, value)
+    hp = hyperparameters(minibatch_size=8, max_new_tokens=8, temperature=1.0, ppo_epochs=2, unfinished_reward=0.0,
+                         advantage='gae')
     policy, value = tiny(0), tiny(1, scalar_head=True)
     ref = tiny(0).requires_grad_(False)
     opt_p, opt_v = make_optimizer(policy, 3e-3, 0.0, 'cpu'), make_optimizer(value, 1e-3, 0.0, 'cpu')
 
     def share_of_target(idx, n_pad, last):
-        answers = idx[:, idx.size(1) - rlhf.max_new_tokens:]
+        answers = idx[:, idx.size(1) - hp['max_new_tokens']:]
         return (answers == TARGET).float().mean(1) * 5
 
     scores, kls = [], []
     for it in range(40):
-        batch = rlhf.rollout(policy, ref, value, share_of_target, PROMPTS * 2, torch.tensor(END), nullcontext())
+        batch = rlhf.rollout(policy, ref, value, share_of_target, PROMPTS * 2, torch.tensor(END), nullcontext(), hp)
         batch['score'] = share_of_target(batch['idx'], None, None)  # every answer scored (most never end here)
-        rlhf.ppo_update(policy, value, opt_p, opt_v, batch, 0.01, nullcontext())
+        rlhf.ppo_update(policy, value, opt_p, opt_v, batch, 0.01, nullcontext(), hp)
         scores.append(batch['score'].mean().item())
         kls.append(((batch['logp'] - batch['ref_logp']) * batch['mask']).sum(1).mean().item())
     assert sum(scores[-5:]) / 5 > 3 * sum(scores[:5]) / 5 + 0.2, scores
@@ -129,34 +132,31 @@ def test_grpo_and_rloo_advantages_by_hand():
         assert torch.equal(advantages[4:], torch.zeros(4))  # equal rewards: no signal, and no NaN
 
 
-def test_critic_free_advantages_follow_the_groups_of_prompts_through_the_length_sort(monkeypatch):
-    monkeypatch.setattr(rlhf, 'advantage', 'rloo')
-    monkeypatch.setattr(rlhf, 'group_size', 2)
+def test_critic_free_advantages_follow_the_groups_of_prompts_through_the_length_sort():
     order = torch.tensor([3, 0, 2, 1])  # row j answers prompt order[j]; prompts 0, 1 one group, 2, 3 the other
     score, kl = torch.tensor([10.0, 20.0, 30.0, 40.0]), torch.tensor([2.0, 4.0, 6.0, 8.0])
-    advantages = rlhf.group_advantages(score, kl, order, 0.5)
+    advantages = rlhf.group_advantages(score, kl, order, 0.5, 'rloo', 2)
     # rewards score - 0.5 kl by row: 9, 18, 27, 36; prompt 3 (row 0) with prompt 2 (row 2), prompt 0 (row 1) with 1 (row 3)
     torch.testing.assert_close(advantages, torch.tensor([9.0 - 27.0, 18.0 - 36.0, 27.0 - 9.0, 36.0 - 18.0]))
 
 
-def test_critic_free_ppo_raises_a_synthetic_reward(monkeypatch):
+def test_critic_free_ppo_raises_a_synthetic_reward():
     """As test_ppo_raises_a_synthetic_reward, with no value model: 4 prompts answered 4 times each."""
-    for key, value in dict(minibatch_size=8, max_new_tokens=8, temperature=1.0, ppo_epochs=2, unfinished_reward=0.0,
-                           advantage='grpo', group_size=4).items():
-        monkeypatch.setattr(rlhf, key, value)
+    hp = hyperparameters(minibatch_size=8, max_new_tokens=8, temperature=1.0, ppo_epochs=2, unfinished_reward=0.0,
+                         advantage='grpo', group_size=4)
     policy, ref = tiny(0), tiny(0).requires_grad_(False)
     opt_p = make_optimizer(policy, 3e-3, 0.0, 'cpu')
 
     def share_of_target(idx, n_pad, last):
-        answers = idx[:, idx.size(1) - rlhf.max_new_tokens:]
+        answers = idx[:, idx.size(1) - hp['max_new_tokens']:]
         return (answers == TARGET).float().mean(1) * 5
 
     prompts = [p for p in PROMPTS[:4] for _ in range(4)]
     scores = []
     for it in range(25):
-        batch = rlhf.rollout(policy, ref, None, share_of_target, prompts, torch.tensor(END), nullcontext())
+        batch = rlhf.rollout(policy, ref, None, share_of_target, prompts, torch.tensor(END), nullcontext(), hp)
         batch['score'] = share_of_target(batch['idx'], None, None)
-        stats = rlhf.ppo_update(policy, None, opt_p, None, batch, 0.01, nullcontext())
+        stats = rlhf.ppo_update(policy, None, opt_p, None, batch, 0.01, nullcontext(), hp)
         scores.append(batch['score'].mean().item())
     assert 'value_loss' not in stats and all(math.isfinite(v) for v in stats.values())
     assert sum(scores[-5:]) / 5 > 3 * sum(scores[:5]) / 5 + 0.2, scores

@@ -6,7 +6,9 @@ import torch
 
 import sft
 from conftest import run_script
-from model import GPT, SPECIAL_TOKENS, GPTConfig, prompt_tokens, read_jsonl, render_chat
+from data.formats import read_jsonl
+from model import (GPT, SPECIAL_TOKENS, GPTConfig, batches, collate, prompt_tokens, render_chat,
+                   tokenize)
 
 CONVERSATION = [dict(role='user', content='Where does Mira live?'), dict(role='assistant', content='Mira lives in Sunvale.'),
                 dict(role='user', content='Und Tobin? ✓'), dict(role='assistant', content='Tobin lives in Redcliff.')]
@@ -34,7 +36,7 @@ def test_template_renders_and_parses_back(enc):
 
 
 def test_loss_counts_only_the_assistant_and_its_end(enc):
-    x, y = sft.tokenize(enc, [CONVERSATION], block_size=128)[0]
+    x, y = tokenize(enc, [CONVERSATION], block_size=128)[0]
     end = enc.encode_single_token('<|end|>')
     tokens = x + [y[-1]]
     # the targets that count are exactly the two answers and the <|end|> after each
@@ -53,15 +55,15 @@ def test_loss_counts_only_the_assistant_and_its_end(enc):
 def test_batches_cover_every_example_once_with_little_padding():
     examples = [([1] * n, [1] * n) for n in torch.randint(5, 120, (500,)).tolist()]
     lengths = [len(x) for x, _ in examples]
-    epoch = sft.batches(lengths, 16, seed=0)
+    epoch = batches(lengths, 16, seed=0)
     assert sorted(i for b in epoch for i in b) == list(range(500))
-    assert sft.batches(lengths, 16, seed=0) == epoch and sft.batches(lengths, 16, seed=1) != epoch
+    assert batches(lengths, 16, seed=0) == epoch and batches(lengths, 16, seed=1) != epoch
     padded = sum(max(len(examples[i][0]) for i in b) * len(b) for b in epoch)
     random_order = [list(range(i, min(i + 16, 500))) for i in range(0, 500, 16)]
     padded_random = sum(max(len(examples[i][0]) for i in b) * len(b) for b in random_order)
     real = sum(len(x) for x, _ in examples)
     assert padded - real < 0.25 * (padded_random - real)
-    x, y = sft.collate(examples, epoch[0], 'cpu')
+    x, y = collate(examples, epoch[0], 'cpu')
     assert x.shape == y.shape and (y[x == 0] == -1).all()
 
 
