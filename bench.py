@@ -1,13 +1,9 @@
-"""Speed, timed in alternating rounds on the same machine so that noise hits both sides.
---mode=train: training tokens/s and MFU of model.py's GPT, side by side with a GPT-2-style model of
-the same width and depth (nanoGPT's block: LayerNorm, learned positions, GELU MLP).
---mode=sample: sampling on a checkpoint as the stages do it (model.sample_answers on the world's RL
-prompts): answers/s, tokens/s, FLOP/s; then generate (KV cache) side by side with a nanoGPT-style
-generate that runs the whole context through the model for every new token.
---compare=path/to/model.py: also time that version of model.py (e.g. a copy of the previous one).
+"""Speed, in alternating rounds so that noise hits both sides (README: "Throughput"). --mode=train:
+training tokens/s and MFU of model.py's GPT beside a GPT-2-style model (nanoGPT's block); --mode=
+sample: sample_answers on a checkpoint as the stages call it, then generate (KV cache) beside a
+generate that reruns the whole context per token. --compare=path/to/model.py: time that one too.
 
   python bench.py                                  # training, the classroom size (2.0M) on the CPU
-  python bench.py --n_layer=6 --n_head=6 --n_embd=384                      # training at 11.1M
   python bench.py --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --batch_size=16   # GPU
   python bench.py --mode=sample --ckpt=out/sft --dtype=float32
 """
@@ -83,8 +79,7 @@ class GPT2(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
 
-    def num_params(self):
-        return sum(p.numel() for p in self.parameters())
+    num_params = GPT.num_params
 
     def forward(self, idx, targets):
         x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))
@@ -138,8 +133,7 @@ def train(cfg, batch_size, rounds, steps_per_round, compile, baseline, other, de
     models = {'model.py GPT': GPT(cfg)}
     models |= {'compare': other.GPT(other.GPTConfig(**asdict(cfg)))} if other else {}
     models |= {'GPT-2 style': GPT2(cfg)} if baseline else {}
-    x = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size), device=device)
-    y = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size), device=device)
+    x, y = torch.randint(cfg.vocab_size, (2, batch_size, cfg.block_size), device=device)
     steps = {}
     for name, model in models.items():
         model.to(device).train()
@@ -149,16 +143,14 @@ def train(cfg, batch_size, rounds, steps_per_round, compile, baseline, other, de
         steps[name]()  # warm up (and compile)
     seconds = alternate(steps, rounds, device)[0]
     print(f'batch {batch_size} x {cfg.block_size}, {rounds} rounds of {steps_per_round} steps')
-    tok_s = {}
     for name, model in models.items():
-        tok_s[name] = steps_per_round * batch_size * cfg.block_size / seconds[name]
-        flops = flops_per_token(model) * tok_s[name]
-        print(f'{name:14s} {model.num_params() / 1e6:7.2f}M params  {tok_s[name]:>10,.0f} '
+        tok_s = steps_per_round * batch_size * cfg.block_size / seconds[name]
+        flops = flops_per_token(model) * tok_s
+        print(f'{name:14s} {model.num_params() / 1e6:7.2f}M params  {tok_s:>10,.0f} '
               f'tokens/s  {flops / 1e12:7.3f} TFLOP/s  MFU {100 * flops / peak:5.1f}%'
               + ('' if math.isfinite(peak) else ' (unknown peak)'))
-    for name in tok_s:
-        if name != 'model.py GPT':
-            print(f'ratio model.py / {name}: {tok_s["model.py GPT"] / tok_s[name]:.2f}')
+    for name in list(models)[1:]:  # (tokens/s model.py / name = seconds name / model.py)
+        print(f'ratio model.py / {name}: {seconds[name] / seconds["model.py GPT"]:.2f}')
 
 
 @torch.no_grad()
@@ -177,8 +169,8 @@ def generate_recompute(model, prompts, new_tokens, temperature):
 def sample(ckpt, data_dir, n_prompts, k, max_new_tokens, temperature, batch_size, rounds, other,
            device, autocast, peak):
     """Sampling speed on a checkpoint: sample_answers, then generate against generate_recompute."""
-    path = os.path.join(ckpt, 'ckpt.pt')
-    model, meta = load_checkpoint(path, 'the stage that writes it', device, scalar_head=False)
+    model, meta = load_checkpoint(os.path.join(ckpt, 'ckpt.pt'), 'the stage that writes it', device,
+                                  scalar_head=False)
     enc = load_tokenizer(meta['tokenizer'])
     prompts = [p for p in tasks.prompt_set(tasks.load_world(data_dir), 'rl', n_prompts)
                for _ in range(k)]
@@ -186,37 +178,34 @@ def sample(ckpt, data_dir, n_prompts, k, max_new_tokens, temperature, batch_size
     if other:
         models['compare'] = other.GPT(other.GPTConfig(**asdict(model.config))).to(device).eval()
         models['compare'].load_state_dict(model.state_dict())
-    cfg, params = model.config, model.num_params()
     runs = {name: partial(other.sample_answers if name == 'compare' else sample_answers, m, enc,
                           prompts, max_new_tokens, temperature, batch_size)
             for name, m in models.items()}  # sample_answers as the stages call it
     with autocast:
         seconds, answers = alternate(runs, rounds, device)
+    # forward FLOPs: 2 N per token for the matmuls, 2 L d T^2 for attention over T tokens; a
+    # prompt asked k times is read once (its P tokens: 2 N P + 2 L d P^2), each answer after it
+    params, ld2 = model.num_params(), 2 * model.config.n_layer * model.config.n_embd
     tok_s = {}
     for name in models:
         lengths = [(len(prompt_tokens(enc, p)), len(a))
                    for p, a in zip(prompts * rounds, sum(answers[name], []))]
         tokens = sum(n for _, n in lengths) / rounds
         tok_s[name] = tokens / seconds[name]
-        # forward FLOPs: 2 N per token for the matmuls, 2 L d T^2 for attention over T tokens; a
-        # prompt asked k times is read once (its P tokens: 2 N P + 2 L d P^2), each answer after it
-        ld2 = 2 * cfg.n_layer * cfg.n_embd
-        flops = sum(2 * params * n + ld2 * (P + n) ** 2 - ld2 * P ** 2
-                    + (2 * params * P + ld2 * P ** 2) / k for P, n in lengths) / rounds
+        flop_s = sum(2 * params * n + ld2 * (P + n) ** 2 - ld2 * P ** 2 + (2 * params * P
+                     + ld2 * P ** 2) / k for P, n in lengths) / rounds / seconds[name]
         print(f'sample_answers {name:9s} {len(prompts) / seconds[name]:7.1f} answers/s  '
-              f'{tokens / seconds[name]:8,.0f} answer tokens/s  {flops / seconds[name] / 1e9:7.2f} '
-              f'GFLOP/s ({100 * flops / seconds[name] / peak:.1f}% of peak)  '
-              f'{tokens / len(prompts):.0f} tokens/answer')
+              f'{tok_s[name]:8,.0f} answer tokens/s  {flop_s / 1e9:7.2f} GFLOP/s '
+              f'({100 * flop_s / peak:.1f}% of peak)  {tokens / len(prompts):.0f} tokens/answer')
     if other:
         print(f'sample_answers tokens/s, model.py / compare: '
               f'{tok_s["model.py"] / tok_s["compare"]:.2f}x ({n_prompts} prompts x {k} answers in '
               f'batches of {batch_size}, {rounds} rounds)')
     few = [prompt_tokens(enc, p) for p in prompts[:16]]
+    samplers = {'generate': model.generate, 'recompute': partial(generate_recompute, model)}
+    samplers |= {'compare': models['compare'].generate} if other else {}
     for new_tokens in (64, 128):  # without a stop token: every row writes new_tokens
-        runs = {'generate': partial(model.generate, few, new_tokens, temperature),
-                'recompute': partial(generate_recompute, model, few, new_tokens, temperature)}
-        if other:
-            runs['compare'] = partial(models['compare'].generate, few, new_tokens, temperature)
+        runs = {name: partial(gen, few, new_tokens, temperature) for name, gen in samplers.items()}
         with autocast:
             seconds = alternate(runs, rounds, device)[0]
         speeds = ', '.join(f'{name} {16 * new_tokens / s:,.0f} tokens/s'

@@ -1,22 +1,16 @@
 """
-The seed's alternative to PPO: best-of-K fine-tuning (rejection sampling, "expert iteration").
-For each new prompt (the 'rl' set, the prompts PPO sees), the SFT model writes K answers, the
-reward model scores them, the best becomes a <prompt, answer> demonstration, and the model is
-fine-tuned on those with the SFT loss (model.finetune). Reads out/sft and out/reward, writes
-out/bestofk/ckpt.pt. Optionally again: sample from the fine-tuned model, fine-tune again (rounds).
+Best-of-K fine-tuning (rejection sampling, "expert iteration"): the SFT model answers each prompt K
+times, the reward model's favourites become demonstrations, the model is fine-tuned on them; and
+inference-time best-of-K, measured. Reads out/sft and out/reward, writes out/bestofk/ckpt.pt;
+killed, the same command goes on. The README explains more ("Best-of-K fine-tuning").
 
   python bestofk.py                       # K = 8
   python bestofk.py --k=16 --rounds=2     # two rounds of expert iteration
   python bestofk.py --min_score=0.5       # keep only best answers the RM scores at least 0.5
-
-It also measures plain best-of-K at inference time (sample K, answer with the one the RM likes
-best) for K = 1, 2, 4, ..., eval_k on the held-out prompts. That policy's KL to the SFT model is
-known exactly: log K - (K-1)/K (Stiennon et al. 2020; Gao et al. 2022). Run it again after a
-kill: it goes on with the answers it kept from its last checkpoint. A model of real data (run.sh's
-DATA=real) answers --prompt_file and --eval_prompt_file; with no gold judge it logs RM scores only.
 """
 import math
 import os
+import sys
 import time
 
 from data import tasks
@@ -39,8 +33,7 @@ n_eval = 400                  # held-out prompts
 eval_k = 16                   # inference-time best-of-K for K = 1, 2, 4, ... up to this
 max_new_tokens = 128
 temperature = 1.0
-# fine-tuning (sft.py's loop)
-iters = 150                   # steps per round
+iters = 150                   # fine-tuning steps per round (sft.py's loop)
 ckpt_interval = 50            # a checkpoint every this many steps: a killed run goes on from it
 batch_size = 32
 lr = 1e-3
@@ -57,51 +50,38 @@ seed = 1337
 
 
 def select_best(prompts, answers, scores, k, min_score=float('-inf')):
-    """[(prompt, its best answer)]: prompts[i]'s answers are answers[i*k:(i+1)*k]. The highest score
-    wins (a tie: the first of them); a prompt whose best scores below min_score, or -inf (no answer
-    ended), gives none."""
-    chosen = []
-    for i, prompt in enumerate(prompts):
-        group = scores[i * k:(i + 1) * k]
-        best = max(range(k), key=lambda j: group[j])  # (max keeps the first of equal scores)
-        if group[best] > float('-inf') and group[best] >= min_score:
-            chosen.append((prompt, answers[i * k + best]))
-    return chosen
+    """[(prompt, its best answer)], prompts[i]'s answers being answers[i*k:(i+1)*k]: the first of
+    the highest scores, if it reaches min_score and is not -inf (no answer ended)."""
+    best = [max(range(i * k, (i + 1) * k), key=scores.__getitem__) for i in range(len(prompts))]
+    return [(p, answers[j]) for p, j in zip(prompts, best) if -math.inf < scores[j] >= min_score]
 
 
-def best_of_k_rows(world, sampled, eval_k):
-    """Inference-time best-of-K for K = 1, 2, 4, ... eval_k from rows (prompt, its eval_k answers,
-    their RM scores): the gold score and mean RM score of the answers the RM picks, and the exact
-    KL to the sampling model, log K - (K-1)/K."""
-    rows, n = [], 1
-    while n <= eval_k:
-        picks = [select_best([p], answers[:n], scores[:n], n) or [(p, answers[0])]
-                 for p, answers, scores in sampled]
-        summary = tasks.summarize(world, *zip(*[pick[0] for pick in picks])) if world else {}
-        rm_best = [max(scores[:n]) for _, _, scores in sampled if max(scores[:n]) > float('-inf')]
+def best_of_k_rows(world, prompts, answers, scores, eval_k):
+    """Best-of-K, K = 1, 2, 4, ... eval_k (prompt i's samples at i*eval_k...): gold and RM score of
+    the RM's picks, their exact KL, log K - (K-1)/K (Stiennon et al. 2020; Gao et al. 2022)."""
+    rows = []
+    for n in (2 ** i for i in range(eval_k.bit_length())):
+        best = [max(range(i * eval_k, i * eval_k + n), key=scores.__getitem__)
+                for i in range(len(prompts))]
+        summary = tasks.summarize(world, prompts, [answers[j] for j in best]) if world else {}
+        rm_best = [scores[j] for j in best if scores[j] > -math.inf]
         rows.append(dict(k=n, gold=summary.get('gold'), gold_stderr=summary.get('gold_stderr'),
                          rm_score=sum(rm_best) / max(len(rm_best), 1),
                          kl_bound=math.log(n) - (n - 1) / n))
-        n *= 2
     return rows
 
 
-def held_out_metrics(world, tuned, sampled, eval_k):
-    """The checkpoint's metrics from the fine-tuned model's rows (prompt, answer, RM score, KL to
-    SFT, length) and the SFT model's samples (best_of_k_rows); and the gold judge's summary."""
-    finished = [row[2] for row in tuned if row[2] > float('-inf')]
-    metrics = dict(rm_score=sum(finished) / max(len(finished), 1),
-                   kl=sum(row[3] for row in tuned) / len(tuned),
-                   length=sum(row[4] for row in tuned) / len(tuned),
-                   best_of_k=best_of_k_rows(world, sampled, eval_k))
-    summary = tasks.summarize(world, *list(zip(*tuned))[:2]) if world else None
+def held_out_metrics(world, tuned, sampled, k, eval_k):
+    """The metrics of the fine-tuned model's rows (prompt, answer, RM score, KL to SFT, length) and
+    the SFT model's (answer, RM score) samples, printed: its figures, then best-of-K's table."""
+    prompts, answers, scores, kls, lengths = zip(*tuned)
+    finished = [s for s in scores if s > -math.inf]
+    metrics = dict(rm_score=sum(finished) / max(len(finished), 1), kl=sum(kls) / len(kls),
+                   length=sum(lengths) / len(lengths),
+                   best_of_k=best_of_k_rows(world, prompts, *zip(*sampled), eval_k))
+    summary = tasks.summarize(world, prompts, answers) if world else None
     if summary:
         metrics.update(tasks.gold_fields(summary))
-    return metrics, summary
-
-
-def print_held_out(metrics, summary, k):
-    """The fine-tuned model's held-out figures, then the table of inference-time best-of-K."""
     judged = tasks.report(summary) + '\n  ' if summary else ''
     print(f'best-of-{k} fine-tuned: held-out {judged}RM score {metrics["rm_score"]:+.3f}, '
           f'KL to SFT {metrics["kl"]:.2f} nats per answer (sampled), '
@@ -111,18 +91,19 @@ def print_held_out(metrics, summary, k):
     for row in metrics['best_of_k']:
         gold = f'{row["gold"]:.3f}  {row["gold_stderr"]:.3f}' if summary else '  -      -  '
         print(f'  {row["k"]:4d}  {gold}  {row["rm_score"]:+.3f}    {row["kl_bound"]:.2f}')
+    return metrics
 
 
 def best_of(policy, rm, enc, prompts, n, max_new_tokens, temperature, autocast, device, desc):
-    """n answers to each of this rank's prompts, prompt after prompt: (tokens, RM scores), the
-    score -inf for an answer that never ended."""
+    """n answers to each prompt, prompt after prompt: tokens, texts, RM scores (-inf: unended)."""
     asked, end = [p for p in prompts for _ in range(n)], enc.encode_single_token('<|end|>')
     with autocast:
         tokens = sample_answers(policy.eval(), enc, asked, max_new_tokens, temperature,
                                 progress=desc if rank_and_size()[0] == 0 else None)
-    pairs = [(p, answer_text(enc, t)) for p, t in zip(asked, tokens)]
-    scores = score_pairs(rm, enc, pairs, autocast, device)
-    return tokens, [s if t and t[-1] == end else float('-inf') for s, t in zip(scores, tokens)]
+    answers = [answer_text(enc, t) for t in tokens]
+    scores = score_pairs(rm, enc, list(zip(asked, answers)), autocast, device)
+    ended = [s if t and t[-1] == end else float('-inf') for s, t in zip(scores, tokens)]
+    return tokens, answers, ended
 
 
 def main():
@@ -141,43 +122,37 @@ def main():
     data_dir = ckpt.get('data_dir', 'out/data/world')
     world = tasks.load_world(data_dir)
     if world is None and not (prompt_file and eval_prompt_file):  # (other data: no gold judge)
-        raise SystemExit('error: the policy was not trained on the world: pass --prompt_file and '
-                         '--eval_prompt_file, JSONL of {"prompt": "..."} '
-                         '(data/hh_rlhf.py writes them)')
+        sys.exit('error: the policy was not trained on the world: pass --prompt_file and '
+                 '--eval_prompt_file, JSONL of {"prompt": "..."} (data/hh_rlhf.py writes them)')
     if k < 1 or eval_k < 1:
-        raise SystemExit('error: k and eval_k must be at least 1')
+        sys.exit('error: k and eval_k must be at least 1')
     t0, path = time.time(), os.path.join(out_dir, 'ckpt.pt')
     about = dict(config=config, tokenizer=ckpt['tokenizer'], stage='bestofk', data_dir=data_dir)
     sampling = dict(rm=rm, enc=enc, max_new_tokens=max_new_tokens, temperature=temperature,
                     autocast=autocast, device=device)
     for r in range(resumed['round'] if resumed else 0, rounds):
+        optimizer = make_optimizer(model, lr, weight_decay, device)
         if resumed and resumed['round'] == r:  # the answers it kept before the kill, not new ones
             chosen, start = resumed['chosen'], resumed['iter_num']
-            optimizer_state = resumed['optimizer']
+            if resumed['optimizer'] is not None:
+                optimizer.load_state_dict(resumed['optimizer'])
         else:  # K answers to each prompt, the best kept (and saved at once)
             prompts = (tasks.prompt_set(world, 'rl', n_prompts, seed=r) if world
                        else read_prompts(prompt_file, n_prompts))[rank::world_size]
-            tokens, scores = best_of(model, prompts=prompts, n=k, **sampling,
-                                     desc=f'round {r + 1}: {k} answers per prompt')
-            answers = [answer_text(enc, t) for t in tokens]
-            chosen = all_gather(select_best(prompts, answers, scores, k, min_score))
-            start, optimizer_state = 0, None
+            _, answers, scores = best_of(model, prompts=prompts, n=k, **sampling,
+                                         desc=f'round {r + 1}: {k} answers per prompt')
+            chosen, start = all_gather(select_best(prompts, answers, scores, k, min_score)), 0
             save_progress(path, model, inputs, **about, round=r, iter_num=0, chosen=chosen,
                           optimizer=None)
             if rank == 0:
-                gold = sum(tasks.score(world, p, a)[0] for p, a in chosen) / max(len(chosen), 1) \
-                    if world else None
-                gold = f'mean gold {gold:.3f}, for the log only; ' if world else ''
+                golds = [tasks.score(world, p, a)[0] for p, a in chosen] if world else []
+                gold = f'mean gold {sum(golds) / max(len(golds), 1):.3f}, for the log only; '
                 print(f'round {r + 1}: kept {len(chosen)} best answers of {n_prompts} prompts '
-                      f'({gold}the RM chose them)')
+                      f'({gold if world else ""}the RM chose them)')
         if not chosen:
-            raise SystemExit('error: no answer was kept: lower --min_score or raise '
-                             '--max_new_tokens')
+            sys.exit('error: no answer was kept: lower --min_score or raise --max_new_tokens')
         # fine-tune on them: a checkpoint every ckpt_interval steps and after the last
         examples = answer_examples(enc, *zip(*chosen), model.config.block_size)
-        optimizer = make_optimizer(model, lr, weight_decay, device)
-        if optimizer_state is not None:
-            optimizer.load_state_dict(optimizer_state)
         for it in finetune(wrap(model.train(), device, compile), optimizer, examples, iters,
                            batch_size, lr, min_lr, warmup_iters, autocast, device, grad_clip,
                            seed + r, start, desc=f'round {r + 1}: fine-tuning'):
@@ -187,20 +162,15 @@ def main():
     # held-out prompts: the fine-tuned model's answers, its KL to SFT, and eval_k SFT answers each
     eval_prompts = (tasks.prompt_set(world, 'eval', n_eval) if world
                     else read_prompts(eval_prompt_file, n_eval))[rank::world_size]
-    tokens, scores = best_of(model, prompts=eval_prompts, n=1, **sampling,
-                             desc='answering (fine-tuned)')
-    answers = [answer_text(enc, t) for t in tokens]
+    tokens, answers, scores = best_of(model, prompts=eval_prompts, n=1, **sampling,
+                                      desc='answering (fine-tuned)')
     kl = sampled_kl(model, sft_model, enc, eval_prompts, answers, autocast, device)
     tuned = all_gather(zip(eval_prompts, answers, scores, kl, map(len, tokens)))
-    sft_tokens, sft_scores = best_of(sft_model, prompts=eval_prompts, n=eval_k, **sampling,
-                                     desc=f'answering {eval_k}x (SFT)')
-    sft_answers = [answer_text(enc, t) for t in sft_tokens]
-    sampled = all_gather((p, sft_answers[i * eval_k:(i + 1) * eval_k],
-                          sft_scores[i * eval_k:(i + 1) * eval_k])
-                         for i, p in enumerate(eval_prompts))
+    _, sft_answers, sft_scores = best_of(sft_model, prompts=eval_prompts, n=eval_k, **sampling,
+                                         desc=f'answering {eval_k}x (SFT)')
+    sampled = all_gather(zip(sft_answers, sft_scores))  # eval_k of each prompt, in its order
     if rank == 0:
-        metrics, summary = held_out_metrics(world, tuned, sampled, eval_k)
-        print_held_out(metrics, summary, k)
+        metrics = held_out_metrics(world, tuned, sampled, k, eval_k)
         save_checkpoint(path, model, **about, answers_sampled=rounds * n_prompts * k,
                         metrics=metrics, train_time=time.time() - t0)
         print(f'checkpoint {out_dir}/ckpt.pt ({time.time() - t0:.0f} s)')

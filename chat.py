@@ -1,13 +1,8 @@
-"""
-Talk to a checkpoint of any stage: a multi-turn chat in the terminal, sampled with the KV cache.
+"""Chat with any stage's checkpoint in the terminal; /reset forgets, /quit ends (README: "Chat").
 
   python chat.py                                    # chat with out/sft (made by python sft.py)
   python chat.py --ckpt=out/rlhf --temperature=0    # any stage's checkpoint; 0 = greedy
   python chat.py --prompt="Tell me where Mira lives."   # one answer on stdout, then exit
-
-In the chat, /reset forgets the conversation and /quit (or Ctrl-D) ends it. When the conversation
-outgrows the model's block_size, its oldest turns are dropped. Each answer is printed token by
-token as it is sampled; its speed then goes to stderr, so that stdout holds only the answers.
 """
 import codecs
 import os
@@ -31,16 +26,14 @@ seed = 1337
 
 
 def fit(enc, messages, block_size, max_new_tokens):
-    """The conversation without its oldest turns, as much as it takes for the prompt and
-    max_new_tokens to fit in block_size; None when the last message alone leaves no room."""
+    """The newest turns that fit block_size with max_new_tokens; None if the last alone does not."""
     while len(messages) > 1 and len(prompt_tokens(enc, messages)) + max_new_tokens > block_size:
         messages = messages[2:]  # one user turn and the assistant's answer
     return messages if len(prompt_tokens(enc, messages)) < block_size else None
 
 
 def token_text(enc, utf8, token):
-    """The text a new token adds to the answer: '' for special tokens, and for the first bytes of
-    a character that the next tokens complete (utf8: an incremental UTF-8 decoder per answer)."""
+    """The text token adds: '' for a special token or a character's first bytes (utf8: decoder)."""
     if token >= enc.n_vocab - len(SPECIAL_TOKENS):
         return ''
     return utf8.decode(enc.decode_single_token_bytes(token))
@@ -55,8 +48,7 @@ def reply(model, enc, messages, max_new_tokens, temperature, top_k, autocast):
     """The assistant's next turn: printed as it is sampled, then its speed on stderr; its text."""
     tokens, end = prompt_tokens(enc, messages), enc.encode_single_token('<|end|>')
     room = min(max_new_tokens, model.config.block_size - len(tokens))
-    utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
-    start = time.perf_counter()
+    utf8, start = codecs.getincrementaldecoder('utf-8')(errors='replace'), time.perf_counter()
     with autocast:
         answer, lengths = model.generate([tokens], room, temperature, top_k or None, end,
                                          on_token=partial(show, enc, utf8))
@@ -67,9 +59,8 @@ def reply(model, enc, messages, max_new_tokens, temperature, top_k, autocast):
 
 
 def main():
-    config = configure(globals())
+    _, _, device, autocast = setup(configure(globals())['device'], dtype, seed)
     path = ckpt if ckpt.endswith('.pt') else os.path.join(ckpt, 'ckpt.pt')
-    _, _, device, autocast = setup(config['device'], dtype, seed)
     model, meta = load_checkpoint(path, made_by(path), device, scalar_head=False)
     if meta['model_args'].get('scalar_head'):
         sys.exit(f'error: {path} is a reward model: it scores answers, it does not write them; '
@@ -92,8 +83,7 @@ def main():
         if line == '/reset':
             history = []
             print('(conversation forgotten)')
-            continue
-        if not line:
+        if line in ('', '/reset'):
             continue
         messages = fit(enc, history + [dict(role='user', content=line)], block_size, max_new_tokens)
         if messages is None:

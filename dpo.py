@@ -1,23 +1,16 @@
 """
-Direct preference optimisation (DPO; Rafailov et al. 2023): the policy learns from the rankings the
-reward model learned from (out/reward/rankings.jsonl: every pair of each prompt's K answers), with
-no reward model and no sampling. The loss raises the chosen answer's log-probability relative to
-the rejected one's, each against the frozen SFT model. Reads out/sft, writes out/dpo/ckpt.pt;
-killed, the same command run again goes on from its last checkpoint.
+Direct preference optimisation (DPO; Rafailov et al. 2023): the policy learns from the RM's rankings
+(out/reward/rankings.jsonl) with no reward model and no sampling, against the frozen SFT model.
+Writes out/dpo/ckpt.pt; killed, the same command goes on. The README explains more ("DPO").
 
   python dpo.py                 # DPO
   python dpo.py --beta=0.3      # a stronger pull toward SFT (exercise: sweep it, watch KL and gold)
   python dpo.py --loss=ipo      # IPO (Azar et al. 2023): the margin regressed to 1/(2 beta)
-
-beta * (log pi(y|x) - log pi_ref(y|x)) is DPO's implicit reward (section 5 of the paper), measured
-on held-out rankings as the RM is: pairs ordered as the labels, and the gold judge, order them. The
-chosen and rejected answers' log-probs usually both fall, the rejected faster. At the end the gold
-judge scores the policy's held-out answers; their log pi - log pi_ref estimates the KL to SFT. On
-real data (run.sh DATA=real) the rankings carry no gold: the accuracy is against labels only.
 """
 import os
 import sys
 import time
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -59,34 +52,26 @@ seed = 1337
 
 
 def dpo_loss(h, beta):
-    """DPO's loss of each pair (Rafailov et al. 2023, eq. 7): -log sigmoid(beta h), where h =
-    (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x)): the chosen answer's
-    log-ratio minus the rejected one's. At the start (pi = pi_ref) h = 0: a loss of log 2."""
+    """DPO's loss of each pair (Rafailov et al. 2023, eq. 7): -log sigmoid(beta h), h the chosen
+    answer's log pi - log pi_ref minus the rejected one's. At the start (pi = pi_ref): log 2."""
     return -F.logsigmoid(beta * h)
 
 
 def ipo_loss(h, beta):
-    """IPO's loss of each pair (Azar et al. 2023): (h - 1/(2 tau))^2 with tau = beta: the margin is
-    pulled to a finite target, where DPO's loss keeps pushing it up."""
+    """IPO's loss (Azar et al. 2023): (h - 1/(2 tau))^2, tau = beta: a finite target margin."""
     return (h - 1 / (2 * beta)) ** 2
 
 
 def pairs(sizes, device='cpu'):
-    """(better, worse): indices, in the flat list of answers (prompt after prompt, each ranked best
-    first), of every pair of each prompt's answers: K-choose-2 each."""
-    better, worse, start = [], [], 0
-    for k in sizes:
-        i, j = torch.triu_indices(k, k, offset=1, device=device)
-        better.append(i + start)
-        worse.append(j + start)
-        start += k
-    return torch.cat(better), torch.cat(worse)
+    """(better, worse): each prompt's answer pairs, as indices in the flat list (best first)."""
+    both = [torch.triu_indices(k, k, offset=1, device=device) + start
+            for k, start in zip(sizes, accumulate([0] + sizes[:-1]))]
+    return tuple(torch.cat(both, dim=1))
 
 
 def pair_accuracy(h, gold_diff):
-    """The share of pairs the implicit reward orders as the label does (h > 0; a tie counts half),
-    and as the gold judge does (gold_diff = gold(better) - gold(worse); only pairs whose gold
-    differs; None if there are none, as in rankings without gold scores)."""
+    """The share of pairs the implicit reward (DPO paper, section 5) orders as the label (h > 0, a
+    tie half) and as gold: pairs whose gold differs only (None if none, as without gold scores)."""
     label = ((h > 0).float() + 0.5 * (h == 0).float()).mean().item()
     differ = gold_diff != 0
     agree = torch.where(h == 0, 0.5, ((h > 0) == (gold_diff > 0)).float())[differ]
@@ -104,15 +89,15 @@ def check_flags(loss, beta, eval_interval, ckpt_interval):
 
 def ranking_examples(enc, rows, block_size):
     """Each ranking's answers as SFT examples (prompt, answer), prompt after prompt, best first."""
-    prompts = [r['prompt'] for r in rows for _ in r['answers']]
-    return answer_examples(enc, prompts, [a for r in rows for a in r['answers']], block_size)
+    return answer_examples(enc, [r['prompt'] for r in rows for _ in r['answers']],
+                           [a for r in rows for a in r['answers']], block_size)
 
 
 def load_inputs(init_from, ref_from, rankings, eval_rankings, device):
     """The policy, its checkpoint, the frozen reference, the rankings, and every file read."""
     inputs = [os.path.join(init_from, 'ckpt.pt'), os.path.join(ref_from, 'ckpt.pt')]
-    policy, ckpt = load_checkpoint(inputs[0], 'python sft.py', device, scalar_head=False)
-    ref, _ = load_checkpoint(inputs[1], 'python sft.py', device, scalar_head=False)
+    (policy, ckpt), (ref, _) = [load_checkpoint(path, 'python sft.py', device, scalar_head=False)
+                                for path in inputs]
     inputs += [path for path in (rankings + ',' + eval_rankings).split(',') if path]
     for path in inputs[2:]:
         if path.startswith('out/reward/') and not os.path.exists(path):
@@ -131,14 +116,15 @@ def reference_logprobs(ref, train_sets, autocast, device):
     return torch.tensor(all_gather(mine), device=device).split([len(s) for s in train_sets])
 
 
-def held_out_data(ref, enc, eval_rows, data_dir, n_eval, block_size, autocast, device):
-    """What measure() needs of the held-out rankings and of the world's held-out prompts."""
+def held_out_data(ref, enc, eval_rows, data_dir, n_eval, block_size, autocast, device, **settings):
+    """measure()'s arguments: the held-out rankings, the world's held-out prompts, and settings."""
     eval_set, world = ranking_examples(enc, eval_rows, block_size), tasks.load_world(data_dir)
     gold = [g for r in eval_rows for g in r.get('gold', [0.0] * len(r['answers']))]
     prompts = tasks.prompt_set(world, 'eval', n_eval) if world and n_eval else []
     return dict(eval_set=eval_set, ref_eval=logprobs_of(ref, eval_set, autocast, device),
-                sizes=[len(r['answers']) for r in eval_rows],
-                gold=torch.tensor(gold, device=device), world=world, prompts=prompts)
+                gold=torch.tensor(gold, device=device), world=world, prompts=prompts, ref=ref,
+                sizes=[len(r['answers']) for r in eval_rows], enc=enc, autocast=autocast,
+                device=device, **settings)
 
 
 def vs_gold(acc_gold):
@@ -148,12 +134,10 @@ def vs_gold(acc_gold):
 def measure(policy, it, *, ref, enc, eval_set, ref_eval, sizes, gold, world, prompts, beta,
             max_new_tokens, temperature, autocast, device, out_dir, answer=True,
             policy_is_ref=False):
-    """The policy at step it, printed and logged: the implicit reward's accuracy on the held-out
-    rankings, the chosen and rejected log-probs; then (if answer) the gold score of its answers to
-    the world's held-out prompts (answers.jsonl) and their log pi - log pi_ref, the sampled KL to
-    SFT. Returns the two rows ({} where there is no data)."""
+    """The policy at step it, printed and logged: its implicit-reward accuracy on the held-out
+    rankings; if answer, its held-out answers (answers.jsonl), their gold and KL to SFT."""
     metrics_path, master = os.path.join(out_dir, 'metrics.jsonl'), rank_and_size()[0] == 0
-    implicit, judged = {}, {}
+    implicit, judged, summary = {}, {}, None
     if eval_set:
         logp = ref_eval if policy_is_ref else logprobs_of(policy, eval_set, autocast, device)
         better, worse = pairs(sizes, device)
@@ -181,8 +165,7 @@ def measure(policy, it, *, ref, enc, eval_set, ref_eval, sizes, gold, world, pro
                        f'KL to SFT {judged["kl"]:.2f}')
             write_jsonl(os.path.join(out_dir, 'answers.jsonl'), [dict(prompt=p, answer=a, gold=s)
                         for p, a, s in zip(prompts, answers, summary['scores'])])
-        judged['summary'] = summary
-    return implicit, judged
+    return implicit, judged, summary
 
 
 def print_results(loss, beta, summary, metrics, first, last):
@@ -204,18 +187,15 @@ def main():
     policy, ckpt, ref, train_rows, eval_rows, inputs = load_inputs(init_from, ref_from, rankings,
                                                                    eval_rankings, device)
     resumed = resumable(out_dir, config, inputs, device)  # a killed run: go on from its checkpoint
-    if resumed:
-        policy.load_state_dict(resumed['model'])
+    start = resumed['iter_num'] if resumed else 0
     enc, block_size = load_tokenizer(ckpt['tokenizer']), policy.config.block_size
     train_sets = [ranking_examples(enc, [r], block_size) for r in train_rows]  # a prompt's answers
     data_dir = ckpt.get('data_dir', 'out/data/world')
-    # the reference's log-probs of every answer, once
     t0 = time.time()
-    ref_train = reference_logprobs(ref, train_sets, autocast, device)
-    held_out = held_out_data(ref, enc, eval_rows, data_dir, n_eval, block_size, autocast, device)
-    held_out.update(ref=ref, enc=enc, beta=beta, max_new_tokens=max_new_tokens,
-                    temperature=temperature, autocast=autocast, device=device, out_dir=out_dir)
-    start = resumed['iter_num'] if resumed else 0
+    ref_train = reference_logprobs(ref, train_sets, autocast, device)  # every answer's, once
+    held_out = held_out_data(ref, enc, eval_rows, data_dir, n_eval, block_size, autocast, device,
+                             beta=beta, max_new_tokens=max_new_tokens, temperature=temperature,
+                             out_dir=out_dir)
     if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
         keep_metrics(os.path.join(out_dir, 'metrics.jsonl'), start)
@@ -231,12 +211,13 @@ def main():
     about = dict(config=config, tokenizer=ckpt['tokenizer'], stage='dpo', data_dir=data_dir,
                  answers_sampled=0)  # (it learns from the RM's ranked answers only)
     if resumed:
+        policy.load_state_dict(resumed['model'])
         optimizer.load_state_dict(resumed['optimizer'])
         first, t0 = resumed['first'], t0 - resumed['train_time']
+        if start % eval_interval == 0 and start < iters:  # killed in that evaluation: again
+            measure(policy, start, **held_out)
     else:  # (at step 0 with init_from = ref_from, the policy is the reference)
-        first, _ = measure(policy, 0, **held_out, answer=False, policy_is_ref=init_from == ref_from)
-    if resumed and start % eval_interval == 0 and start < iters:  # killed in that evaluation: again
-        measure(policy, start, **held_out)
+        first = measure(policy, 0, **held_out, answer=False, policy_is_ref=init_from == ref_from)[0]
     # the batches of a step depend only on its number: a resumed run sees the data in the same order
     bar = tqdm(range(start, iters), initial=start, total=iters, desc=loss, disable=rank != 0,
                dynamic_ncols=True)
@@ -268,8 +249,7 @@ def main():
         if (it + 1) % eval_interval == 0 and it + 1 < iters:
             measure(policy, it + 1, **held_out)
     # the final evaluation and the finished checkpoint, which later stages can load
-    last, judged = measure(policy, iters, **held_out)
-    summary = judged.pop('summary', None)
+    last, judged, summary = measure(policy, iters, **held_out)
     metrics = dict(implicit=last, **judged)
     if rank == 0:
         save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), policy, **about, iter_num=iters,

@@ -1,22 +1,8 @@
-"""
-Export a policy checkpoint (pretrain, sft, rlhf, bestofk, ...) to the Hugging Face format: a
-folder that transformers loads with no custom code, and that tools reading that format (serving,
-conversion, model hubs) take as any LLaMA model.
+"""Export a policy to the Hugging Face format: a plain LlamaForCausalLM folder (weights, tokenizer,
+chat template) that transformers loads with no custom code. README: "Use your model elsewhere".
 
   pip install safetensors transformers          # only export needs them (transformers: to load it)
   python export.py --ckpt=out/rlhf --out=out/hf/rlhf
-
-The project's GPT is LLaMA's architecture, so the folder is a plain LlamaForCausalLM:
-  config.json             LlamaConfig: the sizes, RMSNorm's eps, rotary base 10000, tied embeddings
-  model.safetensors       the weights, renamed; the fused qkv matrix split into q, k and v, and the
-                          rows of q and k reordered for HF's rotary layout (see hf_rotary_order)
-  tokenizer.json          the byte-level BPE (the project's or GPT-2's) with its four special tokens
-  tokenizer_config.json   the special tokens and the chat template (model.prompt_tokens's)
-  generation_config.json  <|end|> ends the assistant's turn
-
-A reward or value model (a scalar head) is refused: its head is a Linear with a bias, read at every
-position (value) or at the answer's last token (reward), while HF's LlamaForSequenceClassification
-scores the last non-padding token only, without a bias: no HF class computes it without custom code.
 """
 import json
 import os
@@ -33,10 +19,8 @@ ckpt = 'out/rlhf'         # a stage's directory (holding ckpt.pt) or the path of
 out = 'out/hf/rlhf'       # the folder to write (a previous export there is replaced)
 # -----------------------------------------------------------------------------
 
-# The chat template of model.render_chat / prompt_tokens in Jinja, the language HF's
-# apply_chat_template speaks: <|endoftext|> <|user|> text <|end|> <|assistant|> text <|end|> ...
-# (One difference: a message whose text spells a special token, '<|end|>', gets that token here,
-# as with any HF chat template; render_chat encodes it as plain text.)
+# model.render_chat's template in Jinja, for HF's apply_chat_template (one difference: a message
+# that spells a special token, '<|end|>', gets that token here; render_chat encodes it as text)
 CHAT_TEMPLATE = (
     "{{ '<|endoftext|>' }}"
     "{% for m in messages %}"
@@ -48,23 +32,19 @@ CHAT_TEMPLATE = (
 
 
 def hf_rotary_order(w, n_head):
-    """Rows of a q or k projection, reordered per head from the project's rotary layout to HF's.
-    The project turns the pairs (x[2i], x[2i+1]) of each head (model.rotate); HF's Llama turns the
-    pairs (x[i], x[i + head_dim/2]) by the same angles. So HF's rows of a head are the project's
-    even rows, then its odd rows. q and k get the same order, so every dot product q.k stays."""
-    out_dim, in_dim = w.shape
-    return w.view(n_head, -1, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+    """Rows of q or k reordered per head, even rows then odd: HF's Llama turns the pairs (x[i],
+    x[i + head_dim/2]) where model.rotate turns (x[2i], x[2i+1]); as q and k alike, q.k stays."""
+    return w.view(n_head, -1, 2, w.shape[1]).transpose(1, 2).reshape(w.shape)
 
 
 def llama_weights(state, cfg):
     """The project's state dict under LlamaForCausalLM's names. lm_head is tied to the embedding:
     HF ties it again on loading (tie_word_embeddings), so it is stored once."""
-    C = cfg.n_embd
     weights = {'model.embed_tokens.weight': state['wte.weight'],
                'model.norm.weight': state['norm.weight']}
     for i in range(cfg.n_layer):
         ours, theirs = f'blocks.{i}.', f'model.layers.{i}.'
-        q, k, v = state[ours + 'attn.qkv.weight'].split(C, dim=0)  # Linear(C, 3C): rows q, k, v
+        q, k, v = state[ours + 'attn.qkv.weight'].split(cfg.n_embd, dim=0)  # rows q, k, v
         weights.update({
             theirs + 'self_attn.q_proj.weight': hf_rotary_order(q, cfg.n_head),
             theirs + 'self_attn.k_proj.weight': hf_rotary_order(k, cfg.n_head),
@@ -93,20 +73,17 @@ def llama_config(cfg, hidden, special_ids):
 
 
 def byte_chars():
-    """GPT-2's printable stand-in for each byte, the alphabet of byte-level BPE files: printable
-    bytes stand for themselves, the others (space, control bytes, ...) for the characters from
-    256 on (space is 'Ġ', newline 'Ċ')."""
+    """GPT-2's stand-in for each byte, the alphabet of byte-level BPE files: a printable byte is
+    itself, the others (space, control bytes, ...) the characters from 256 on (space is 'Ġ')."""
     printable = [*range(33, 127), *range(161, 173), *range(174, 256)]  # ! to ~, ¡ to ¬, ® to ÿ
     others = [b for b in range(256) if b not in printable]
     return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
 
 
 def tokenizer_json(enc):
-    """The tokenizer in the `tokenizers` library's format. tiktoken stores only ranks {bytes: id};
-    HF's BPE also wants the merges, the pairs that make each token, in priority order. tiktoken
-    merges any adjacent pair whose concatenation is a token, lowest rank first; so the merges are
-    every split of every token into two tokens, ordered by the merged token's rank. ignore_merges
-    does as tiktoken does with a piece that is a token as a whole: it takes it without merging."""
+    """The tokenizer in the `tokenizers` library's format, with the merges tiktoken's ranks imply:
+    tiktoken merges any adjacent pair that makes a token, lowest rank first, so the merges are all
+    splits of a token into two tokens, by its rank; ignore_merges takes a whole token as it is."""
     ranks, chars = enc._mergeable_ranks, byte_chars()
     text = {token: ''.join(chars[b] for b in token) for token in ranks}
     # (merged token's rank, left part's rank, 'left right' in GPT-2's characters), sorted below

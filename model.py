@@ -808,10 +808,10 @@ def rm_accuracy(rm, enc, rows, autocast, device):
     mr, mg = sum(rewards) / len(rewards), sum(golds) / len(golds)
     cov = sum((r - mr) * (g - mg) for r, g in zip(rewards, golds))
     norm = math.sqrt(sum((r - mr) ** 2 for r in rewards) * sum((g - mg) ** 2 for g in golds)) or 1.0
-    return dict(acc_label=sum(agree_label) / max(len(agree_label), 1), rm_mean=mr,
+    std = math.sqrt(sum((r - mr) ** 2 for r in rewards) / len(rewards))
+    return dict(acc_label=sum(agree_label) / max(len(agree_label), 1),
                 acc_gold=sum(agree_gold) / max(len(agree_gold), 1), corr_gold=cov / norm,
-                rm_std=math.sqrt(sum((r - mr) ** 2 for r in rewards) / len(rewards)),
-                gold_pairs=len(agree_gold), label_pairs=len(agree_label))
+                rm_mean=mr, rm_std=std, gold_pairs=len(agree_gold), label_pairs=len(agree_label))
 
 # ----------------------------------------------------------------------------- 8. the stages
 

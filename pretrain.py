@@ -1,9 +1,7 @@
-"""Pretraining: next-token prediction on plain text, from scratch. Writes out/pretrain/ckpt.pt.
+"""Pretraining: next-token prediction on plain text, from scratch; run again, it goes on (README).
 
   python data/prepare.py && python pretrain.py    # the tiny world on a laptop CPU, 3-4 minutes
   torchrun --nproc_per_node=8 pretrain.py config/gpt2_small.py --data_dir=out/data/mytext
-
-Run it again after a kill (or with a larger --max_iters): it continues from the last checkpoint.
 """
 import os
 import sys
@@ -125,10 +123,10 @@ def main():
             if rank == 0:
                 bar.write(f'iter {it}: train loss {train_loss:.4f}, val loss {val_loss:.4f}')
                 log_row(log_path, dict(iter=it, train_loss=train_loss, val_loss=val_loss))
-            if rank == 0 and it > start_iter:
-                save_checkpoint(ckpt_path, model, optimizer=optimizer.state_dict(), iter_num=it,
-                                config=config, tokenizer=meta['tokenizer'], stage='pretrain',
-                                val_loss=val_loss)
+                if it > start_iter:
+                    save_checkpoint(ckpt_path, model, optimizer=optimizer.state_dict(), iter_num=it,
+                                    config=config, tokenizer=meta['tokenizer'], stage='pretrain',
+                                    val_loss=val_loss)
             t_last, it_last = time.time(), it  # (evaluation time is not training time)
         if it == max_iters:
             break

@@ -1,30 +1,12 @@
 """
-The chain's report card: every checkpoint answers the SAME held-out prompts (the world's 'eval'
-set), and the gold judge, the round-1 reward model and the SFT model look at the answers. Writes
-out/report.md, and the pictures out/report_*.png when matplotlib is installed.
+The chain's report card: every checkpoint answers the same held-out prompts `samples` times each,
+and the gold judge (on real data, a judge RM), the round-1 RM and the SFT model (KL to SFT) score
+the answers. Writes out_dir/report.md, report_*.png (with matplotlib) and report/<stage>.json (the
+answers kept: a rerun asks only new checkpoints). README.md: "The report card", "Real data".
 
   python report.py                                 # every stage of out/ that has a checkpoint
   python report.py --n_eval=50 --stages=sft,rlhf   # fewer prompts, some stages
   torchrun --nproc_per_node=8 report.py            # each process answers a share of the prompts
-
-Each checkpoint answers each prompt `samples` times: one answer per prompt is too noisy to tell
-stages apart. A row per checkpoint (the pretrained model too, prompted with the chat template): the
-gold judge's score (data/tasks.py) ± its standard error over prompts; the gain over SFT, paired by
-prompt; the round-1 RM's raw score of the answers that ended; KL to SFT, the mean of log pi(answer)
-- log pi_sft(answer), the sampled estimate of KL(pi || pi_sft); the length; the win rate against
-SFT by gold (ties count half); the answers the stage sampled itself to learn (not the shared ranked
-answers of the RM); its wall time (out/stage_times.json, else the checkpoint's train_time). Then a
-reward hack (harmless requests refused with a reason), and the frontier picture: gold against
-sqrt(KL to SFT) per method, the shape Gao et al. 2022 fit.
-
-A chain of real data (run.sh with DATA=real) has no gold judge: its held-out prompts come from
---prompt_file (data/hh_rlhf.py's eval_prompts.jsonl) and a judge RM scores the answers, one trained
-on the half of the preference data no stage saw (--judge_model, out_dir/judge; the proxy/gold split
-of Gao et al. 2022); then both RMs' accuracy on held-out ranked pairs (--eval_rankings).
-
-A checkpoint's answers and scores are kept in out_dir/report/<stage>.json with what they depend on
-(the checkpoints read, by size and modification time, and the settings): run again after a kill, or
-with a new stage, and the checkpoints answered before are not asked again.
 """
 import json
 import math
@@ -35,8 +17,8 @@ from pathlib import Path
 import torch
 
 from data import tasks
-from data.hh_rlhf import read_prompts
 from data.formats import read_rankings
+from data.hh_rlhf import read_prompts
 from model import (STAGES, all_gather, answer_prompts, answer_text, configure, input_stamps,
                    load_checkpoint, load_tokenizer, made_by, rank_and_size, rm_accuracy, sampled_kl,
                    score_pairs, setup, teardown)
@@ -46,7 +28,7 @@ out_dir = 'out'        # reads out_dir/<stage>/ckpt.pt, writes out_dir/report.md
 stages = 'pretrain,sft,bestofk,dpo,rlhf,grpo,rloo,rlhf2'  # the rows in this order (if they exist)
 reward_model = ''      # the RM of the RM-score column; '': out_dir/reward (round 1)
 n_eval = 400           # held-out prompts
-samples = 8            # answers per prompt and checkpoint
+samples = 8            # answers per prompt and checkpoint: one is too noisy to tell stages apart
 max_new_tokens = 128
 temperature = 1.0
 n_examples = 5         # prompts shown with each checkpoint's answer side by side
@@ -77,16 +59,13 @@ def per_prompt(scores, samples):
 
 
 def win(a, b):
-    """A win rate's count: 1 if a scores above b, 0.5 if equal, 0 if below."""
     return 1.0 if a > b else 0.5 if a == b else 0.0
 
 
 @torch.no_grad()
 def answer_and_score(model, sft, rm, judge_rm, enc, world, prompts, max_new_tokens, temperature,
                      autocast, device, desc):
-    """One checkpoint's answers to the prompts, scored: the gold judge's summary (None without a
-    world), the answers, whether each ended, the mean RM score (of the answers that ended), KL to
-    SFT and length, and the judge RM's score of every answer (None without a judge RM)."""
+    """One checkpoint's answers, whether each ended, and their scores (None without that judge)."""
     rank, world_size = rank_and_size()
     tokens = answer_prompts(model.eval(), enc, prompts, max_new_tokens, temperature, autocast, desc)
     ended = [t[-1:] == [enc.encode_single_token('<|end|>')] for t in tokens]
@@ -95,8 +74,7 @@ def answer_and_score(model, sft, rm, judge_rm, enc, world, prompts, max_new_toke
     pairs, nothing = [(prompts[i], answers[i]) for i in mine], [None] * len(mine)
     rewards = nothing if rm is None else score_pairs(rm, enc, pairs, autocast, device)
     judged = nothing if judge_rm is None else score_pairs(judge_rm, enc, pairs, autocast, device)
-    kls = sampled_kl(model, sft, enc, [p for p, _ in pairs], [a for _, a in pairs], autocast,
-                     device) if pairs else []
+    kls = sampled_kl(model, sft, enc, *zip(*pairs), autocast, device) if pairs else []
     rows = sorted(all_gather(zip(mine, rewards, kls, judged)))
     return dict(summary=tasks.summarize(world, prompts, answers) if world else None,
                 answers=answers, ended=ended, rm=mean(r for i, r, _, _ in rows if ended[i]),
@@ -105,29 +83,21 @@ def answer_and_score(model, sft, rm, judge_rm, enc, world, prompts, max_new_toke
 
 
 def compare_with_sft(results, world, samples):
-    """Adds each result's gain over SFT (paired by prompt) and win rate against SFT by gold; or,
-    without a world, its win rate by the judge RM (same prompt and sample index) ± its stderr."""
+    """Adds the gain over SFT (paired by prompt) and the win rate vs SFT (by gold or judge RM)."""
     sft = results.get('sft')
     for r in results.values():
-        if world and sft is None:
-            r['gain'] = r['win'] = None
-        elif world:
+        r['gain'] = r['win'] = None
+        if sft and world:
             scores, sft_scores = r['summary']['scores'], sft['summary']['scores']
             r['gain'] = tasks.mean_and_stderr([a - b for a, b in zip(
                 per_prompt(scores, samples), per_prompt(sft_scores, samples))])
             r['win'] = mean(map(win, scores, sft_scores))
-        else:
-            r['win'] = None if sft is None else tasks.mean_and_stderr(
-                per_prompt(list(map(win, r['judge'], sft['judge'])), samples))
-
-
-def checkpoint_file(folder, out_dir, default):
-    """folder/ckpt.pt, or out_dir/default/ckpt.pt when folder is ''."""
-    return os.path.join(folder or os.path.join(out_dir, default), 'ckpt.pt')
+        elif sft:
+            wins = list(map(win, r['judge'], sft['judge']))
+            r['win'] = tasks.mean_and_stderr(per_prompt(wins, samples))
 
 
 def read_metrics(out_dir, stage):
-    """ckpt['metrics'] of out_dir/<stage>/ckpt.pt ({} if there is none)."""
     path = Path(out_dir, stage, 'ckpt.pt')
     ckpt = torch.load(path, map_location='cpu', weights_only=True) if path.exists() else {}
     return ckpt.get('metrics') or {}
@@ -140,36 +110,28 @@ def read_log(out_dir, stage):
     return [json.loads(line) for line in lines if line.strip() and line.endswith('\n')]
 
 
-def cache_key(config, stage, world_size):
-    """What a checkpoint's answers and scores depend on: the checkpoints and prompt file read (size
-    and modification time), the settings that change what is sampled or scored, the processes."""
-    folder = config['out_dir']
-    paths = [os.path.join(folder, stage, 'ckpt.pt'), os.path.join(folder, 'sft', 'ckpt.pt'),
-             checkpoint_file(config['reward_model'], folder, 'reward'),
-             checkpoint_file(config['judge_model'], folder, 'judge'), config['prompt_file']]
+def cache_key(config, paths, world_size):
+    """What the answers and scores depend on: the files read, the settings, the processes."""
     unused = ('out_dir', 'stages', 'n_examples', 'eval_rankings')
     key = dict(inputs=input_stamps(filter(os.path.exists, paths)), world_size=world_size,
                config={k: v for k, v in config.items() if k not in unused})
     return json.loads(json.dumps(key))  # (as it reads back from the file)
 
 
-def read_cache(out_dir, stage, key):
-    """The result in out_dir/report/<stage>.json for this key, or None (none, another key, bad)."""
+def read_cache(path, key):
+    """The result kept in path for this key, or None (no file, another key, unreadable)."""
     try:
-        cached = json.loads(Path(out_dir, 'report', f'{stage}.json').read_text())
+        cached = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
     return cached['result'] if isinstance(cached, dict) and cached.get('key') == key else None
 
 
-def write_cache(out_dir, stage, key, result):
-    path = os.path.join(out_dir, 'report', f'{stage}.json')
+def write_cache(path, key, result):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + '.tmp', 'w') as f:
         json.dump(dict(key=key, result=result), f)
     os.replace(path + '.tmp', path)  # (a kill leaves the old file or the new, never half of one)
-
-# ----------------------------------------------------------------------------- the card's tables
 
 
 def fmt(x, digits=3):
@@ -227,9 +189,7 @@ def criteria_table(results):
 
 
 def generalisation_tables(results, prompts, samples):
-    """Per stage and split of generalisation (data/tasks.py: a seen phrasings, b new combinations,
-    c new words): the gold score, the gain over SFT paired by prompt (each ± its standard error),
-    then the gold score of each kind in each split."""
+    """Gold and the gain over SFT (paired by prompt) per split of generalisation, then per kind."""
     splits = [tasks.generalisation(p) for p in prompts[::samples]]
     names = [f'{s}: {label}' for s, label in tasks.GENERALISATION.items()]
     golds, gains = [], []
@@ -257,8 +217,7 @@ def generalisation_tables(results, prompts, samples):
 
 
 def reasoned_refusals(results, prompts):
-    """Per stage, the share of its answers to the harmless look-alikes that refuse with a reason,
-    as a harmful request is refused: the round-1 RM scores those above a helpful answer."""
+    """Per stage, the share of its answers to the harmless look-alikes that refuse with a reason."""
     harmless = [i for i, p in enumerate(prompts) if tasks.parse(p)[0] == 'harmless']
     shares = [mean([float(r['answers'][i].lstrip().startswith(tasks.REFUSAL + ' '))
                     for i in harmless]) for r in results.values()]
@@ -276,8 +235,7 @@ def rm_table(rms):
 
 
 def side_by_side(results, prompts, chosen, world):
-    """Each chosen prompt with every checkpoint's answer to it and that answer's score by gold (by
-    the judge RM without a world)."""
+    """Each chosen prompt with every checkpoint's answer and its score by gold (or the judge RM)."""
     lines = []
     for number, i in enumerate(chosen, 1):
         prompt = f'{prompts[i]} ({tasks.parse(prompts[i])[0]})' if world else ' '.join(
@@ -293,35 +251,27 @@ def side_by_side(results, prompts, chosen, world):
 
 
 def examples(prompts, samples, n_examples):
-    """The first prompt of each kind, then the next ones, up to n_examples (prompts: each held-out
-    prompt `samples` times in a row): indices into prompts."""
-    first = {}
-    for i in range(0, len(prompts), samples):
-        first.setdefault(tasks.parse(prompts[i])[0], i)
+    """Indices of the first prompt of each kind, then the next ones, up to n_examples."""
+    starts = range(0, len(prompts), samples)
+    first = {tasks.parse(prompts[i])[0]: i for i in reversed(starts)}  # (the last i written wins)
     chosen = sorted(first.values())[:n_examples]
-    others = [i for i in range(0, len(prompts), samples) if i not in chosen]
-    return chosen + others[:n_examples - len(chosen)]
-
-# ----------------------------------------------------------------------------- pictures
+    return chosen + [i for i in starts if i not in chosen][:n_examples - len(chosen)]
 
 
 def curve(rows, key, offset=0):
-    """The (iterations, values) of the metrics log's rows that hold key."""
     return [r['iter'] + offset for r in rows if key in r], [r[key] for r in rows if key in r]
 
 
-def loss_figure(plt, rows):
-    fig, ax = plt.subplots(figsize=(6, 4))
+def loss_figure(fig, logs):
+    ax = fig.subplots()
     for key, label in (('loss', 'train (batch)'), ('train_loss', 'train'), ('val_loss', 'val')):
-        ax.plot(*curve(rows, key), '-' if key == 'loss' else 'o-', label=label)
+        ax.plot(*curve(logs['pretrain'], key), '-' if key == 'loss' else 'o-', label=label)
     ax.set(xlabel='iteration', ylabel='loss (nats per token)', title='pretraining')
     ax.legend()
-    return fig
 
 
-def ppo_figure(plt, logs):
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    offset = 0
+def ppo_figure(fig, logs):
+    axes, offset = fig.subplots(1, 3), 0
     for stage in filter(logs.get, ('rlhf', 'rlhf2')):  # round 2 goes on where round 1 stopped
         train, held = ([r for r in logs[stage] if r.get('kind') == kind]
                        for kind in ('train', 'eval'))
@@ -334,12 +284,11 @@ def ppo_figure(plt, logs):
                                 'KL to SFT (nats per answer)')):
         ax.set(xlabel='PPO iteration', title=title)
     axes[0].legend()
-    return fig
 
 
-def frontier_figure(plt, curves, best_of_k, results):
+def frontier_figure(fig, curves, best_of_k, results):
     """Gold against sqrt(KL to SFT): each method as it trains, and the report card's own points."""
-    fig, ax = plt.subplots(figsize=(7, 5))
+    ax = fig.subplots()
     for label, rows in curves.items():
         if rows:
             ax.plot([math.sqrt(max(r['kl'], 0)) for r in rows], [r['gold'] for r in rows], 'o-',
@@ -354,12 +303,10 @@ def frontier_figure(plt, curves, best_of_k, results):
     ax.set(xlabel='sqrt(KL to SFT), nats per answer', ylabel='gold score',
            title='gold against KL spent')
     ax.legend(fontsize='small')
-    return fig
 
 
-def rm_figure(plt, rms):
-    fig, ax = plt.subplots(figsize=(6, 4))
-    x = range(len(rms))
+def rm_figure(fig, rms):
+    ax, x = fig.subplots(), range(len(rms))
     for shift, key, label in ((-0.15, 'acc_gold', 'accuracy vs gold'),
                               (0.15, 'acc_label', 'accuracy vs labels')):
         ax.bar([i + shift for i in x], [m[key] for m in rms.values()], 0.3, label=label)
@@ -368,12 +315,10 @@ def rm_figure(plt, rms):
     ax.set(xticks=list(x), xticklabels=list(rms), xlim=(-0.7, len(rms) - 0.3), ylim=(0, 1.2),
            ylabel='pairwise accuracy (held out)')
     ax.legend(loc='upper center', ncol=3, fontsize='small')
-    return fig
 
 
 def pictures(logs, rms, best_of_k, results, out_dir):
-    """Draws what there is data for into out_dir/report_*.png; returns the markdown lines that
-    show them."""
+    """Draws what there is data for into out_dir/report_*.png: the markdown lines that show them."""
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -382,22 +327,22 @@ def pictures(logs, rms, best_of_k, results, out_dir):
         return ['pip install matplotlib for the pictures']
     curves = {label: [r for r in logs.get(stage, []) if r.get('kind') == 'eval' and 'kl' in r]
               for stage, label in METHODS.items()}
-    lines, pretrain = [], logs.get('pretrain')
-    for name, caption, has_data, draw, args in (
-            ('pretrain', 'pretraining loss', pretrain, loss_figure, [pretrain]),
-            ('ppo', 'PPO per iteration', logs.get('rlhf'), ppo_figure, [logs]),
-            ('frontier', 'gold score against sqrt(KL) per method',
-             any(curves.values()) or best_of_k, frontier_figure, [curves, best_of_k, results]),
-            ('rm', 'reward model accuracy', rms, rm_figure, [rms])):
+    frontier = any(curves.values()) or best_of_k
+    lines = []
+    for name, caption, has_data, size, draw, args in (
+            ('pretrain', 'pretraining loss', logs.get('pretrain'), (6, 4), loss_figure, [logs]),
+            ('ppo', 'PPO per iteration', logs.get('rlhf'), (14, 4), ppo_figure, [logs]),
+            ('frontier', 'gold score against sqrt(KL) per method', frontier, (7, 5),
+             frontier_figure, [curves, best_of_k, results]),
+            ('rm', 'reward model accuracy', rms, (6, 4), rm_figure, [rms])):
         if has_data:
-            fig = draw(plt, *args)
+            fig = plt.figure(figsize=size)
+            draw(fig, *args)
             fig.tight_layout()
             fig.savefig(os.path.join(out_dir, f'report_{name}.png'), dpi=110)
             plt.close(fig)
             lines.append(f'![{caption}](report_{name}.png)')
     return lines
-
-# ----------------------------------------------------------------------------- the two cards
 
 
 def gold_card(results, prompts, rm_dir, config):
@@ -424,17 +369,17 @@ def gold_card(results, prompts, rm_dir, config):
                  fmt(r['kl_bound'], 2)) for r in best_of_k]
         lines += ['', '## Inference-time best-of-K (from the SFT model)', '',
                   *table(['K', 'gold ± se', 'RM score', 'KL (log K - (K-1)/K)'], rows)]
-    lines += ['', '## Pictures', '', '\n\n'.join(pictures(logs, rms, best_of_k, results, out_dir))]
-    chosen = examples(prompts, samples, config['n_examples'])
-    return lines + ['', '## Side by side', *side_by_side(results, prompts, chosen, world=True)]
+    lines += ['', '## Pictures', '', '\n\n'.join(pictures(logs, rms, best_of_k, results, out_dir)),
+              '', '## Side by side']
+    return lines + side_by_side(results, prompts, examples(prompts, samples, config['n_examples']),
+                                world=True)
 
 
 def judge_card(results, prompts, accuracy, rm_dir, judge_dir, config):
-    """The card of a chain without a gold judge: report.md's lines; accuracy: {RM: rm_accuracy of
-    the held-out pairs}."""
+    """The card of a chain without a gold judge; accuracy: {RM: rm_accuracy of held-out pairs}."""
     samples = config['samples']
-    title = '# Report: every stage on the same held-out prompts, scored by a judge reward model'
-    lines = [title, '', (
+    lines = ['# Report: every stage on the same held-out prompts, scored by a judge reward model',
+             '', (
         '{n} held-out prompts ({prompt_file}), {samples} answers to each sampled at temperature '
         '{temperature}, at most {max_new_tokens} new tokens. No gold judge knows this data: the '
         'judge, {judge_dir}, is a reward model trained on the half of the preference data that no '
@@ -443,9 +388,8 @@ def judge_card(results, prompts, accuracy, rm_dir, judge_dir, config):
         "mean over prompts ± its standard error. Win vs SFT: the judge scores the answer above "
         "SFT's answer to the same prompt (the same sample index; ties count half). Proxy RM score: "
         'raw, of the answers that ended. KL to SFT: sampled estimate of KL(pi || pi_sft), nats per '
-        'answer.').format(
-            n=len(prompts) // samples, judge_dir=judge_dir, rm_dir=rm_dir, **config),
-        '', '## Stages', '', *stage_table(results, world=False)]
+        'answer.').format(n=len(prompts) // samples, judge_dir=judge_dir, rm_dir=rm_dir, **config),
+             '', '## Stages', '', *stage_table(results, world=False)]
     if accuracy:
         rows = [(name, fmt(m['acc_label']), m['label_pairs']) for name, m in accuracy.items()]
         lines += ['', '## Reward models', '', f"Pairwise accuracy on the held-out pairs of "
@@ -471,8 +415,8 @@ def main():
                  'does with DATA=real')
     held_out_pairs = read_rankings(eval_rankings)
     # the RM of the RM-score column, and on real data the judge RM (its error names its command)
-    rm_file = checkpoint_file(reward_model, out_dir, 'reward')
-    judge_file = checkpoint_file(judge_model, out_dir, 'judge')
+    rm_file = os.path.join(reward_model or os.path.join(out_dir, 'reward'), 'ckpt.pt')
+    judge_file = os.path.join(judge_model or os.path.join(out_dir, 'judge'), 'ckpt.pt')
     rm = load_checkpoint(rm_file, STAGES['reward'], device, scalar_head=True)[0] \
         if os.path.exists(rm_file) else None
     judge_rm = None if world else load_checkpoint(
@@ -488,29 +432,26 @@ def main():
         if not os.path.exists(path):
             continue
         # the answers and scores of before, when the same checkpoints and settings gave them
-        key = cache_key(config, stage, world_size)
-        r = read_cache(out_dir, stage, key)
-        if r is not None and rank == 0:
-            print(f'{stage}: answered before by the same checkpoints and settings '
-                  f'({out_dir}/report/{stage}.json)')
-        if r is None:  # else answer and score (the same draws whatever was answered before)
+        key = cache_key(config, [path, sft_file, rm_file, judge_file, prompt_file], world_size)
+        cache = f'{out_dir}/report/{stage}.json'
+        r = read_cache(cache, key)
+        if r is None:  # answer and score (the same draws whatever was answered before)
             model, ckpt = (sft, sft_ckpt) if stage == 'sft' else load_checkpoint(
                 path, made_by(path), device, scalar_head=False)
             torch.manual_seed(seed + rank)
             r = answer_and_score(model, sft, rm, judge_rm, enc, world, prompts, max_new_tokens,
                                  temperature, autocast, device, f'{stage}: answering')
-            unknown = 0 if stage in ('pretrain', 'sft') else None  # (they sample nothing to learn)
-            r.update(train_time=ckpt.get('train_time'),
-                     sampled=ckpt.get('answers_sampled', unknown))
+            sampled = ckpt.get('answers_sampled', 0 if stage in ('pretrain', 'sft') else None)
+            r.update(train_time=ckpt.get('train_time'), sampled=sampled)  # (pretrain, SFT: 0)
             if rank == 0:
-                write_cache(out_dir, stage, key, r)
+                write_cache(cache, key, r)
             del model, ckpt
+        elif rank == 0:
+            print(f'{stage}: answered before by the same checkpoints and settings ({cache})')
         # the score per prompt: gold's, or the judge RM's
         r = results[stage] = dict(r, time=times.get(stage, r['train_time']))
-        if world:
-            r['gold'] = tasks.mean_and_stderr(per_prompt(r['summary']['scores'], samples))
-        else:
-            r['judged'] = tasks.mean_and_stderr(per_prompt(r['judge'], samples))
+        scores = r['summary']['scores'] if world else r['judge']
+        r['gold' if world else 'judged'] = tasks.mean_and_stderr(per_prompt(scores, samples))
         if rank == 0:
             print(stage_line(stage, r))
     compare_with_sft(results, world, samples)

@@ -1,18 +1,13 @@
 """
-Stage 2, the reward model (RM). For each prompt the policy (the SFT model) writes K answers, a
-labeler ranks them, and the RM, a transformer with a scalar head on the answer's last token,
-learns from every pair of each ranking. Reads out/sft; writes out/reward/ckpt.pt and the rankings
-it trained on, rankings.jsonl: one prompt a line, its answers best first (K may vary):
-  {"prompt": "..." or [{"role": "user", "content": "..."}, ...], "answers": ["best", ..., "worst"]}
+Stage 2, the reward model (RM): the policy writes K answers to each prompt, a simulated labeler
+ranks them, and the RM (a transformer with a scalar head) learns from every pair of each ranking.
+Writes out/reward/ckpt.pt, rankings.jsonl and eval_rankings.jsonl (a prompt a line, answers best
+first, K may vary). README: "The reward model", "Bring your own data", "Kill it, run it again".
 
   python reward.py     # K=8 answers to 1536 world prompts, ranked by the simulated labeler
   python reward.py --policy=out/rlhf --init_from=out/reward --out_dir=out/reward2 \
       --rankings=out/reward/rankings.jsonl     # round 2: rank the PPO policy's answers too
   python reward.py --n_prompts=0 --rankings=out/data/hh_rlhf/rankings.jsonl   # your own only
-
-The labeler (rank) is the world's gold judge with noise: no RM can agree with it more than the
-ceiling printed beside the accuracy. Killed, the same command goes on from the rankings sampled
-so far (rankings.jsonl.partial) and the RM's last checkpoint: on a CPU, to a never-killed end.
 """
 import itertools
 import json
@@ -64,9 +59,8 @@ seed = 1337
 
 
 def rank(golds, rng, label_temperature):
-    """The labeler: indices of the answers best first, drawn from the Plackett-Luce model with
-    utilities gold / label_temperature (each place goes to one of the rest with probability
-    proportional to exp(utility)); with temperature 0, by gold with ties broken at random."""
+    """The labeler: answer indices best first, a Plackett-Luce draw (each place to one of the rest
+    with probability ~ exp(gold / label_temperature)); temperature 0: by gold, ties at random."""
     left, order = list(range(len(golds))), []
     while left:
         top = max(golds[i] for i in left)  # (subtracted from the utilities for numerical safety)
@@ -77,21 +71,17 @@ def rank(golds, rng, label_temperature):
 
 
 def noise_ceiling(golds, label_temperature):
-    """The agreement with the labels that a perfect RM (one that orders by gold) can expect on
-    each pair of one prompt: max(p, 1-p), p = sigmoid(gold difference / label_temperature), the
-    chance that the labeler puts the pair in gold order (Plackett-Luce pairs are Bradley-Terry)."""
-    ceiling = []
-    for i, j in itertools.combinations(range(len(golds)), 2):
-        d = abs(golds[i] - golds[j])
-        p = 1 / (1 + math.exp(-d / label_temperature)) if label_temperature else 1.0
-        ceiling.append(0.5 if d == 0 else p)
-    return ceiling
+    """A gold-ordering RM's agreement with the labels on each pair: sigmoid(|gold difference| /
+    label_temperature) (Plackett-Luce pairs are Bradley-Terry); a tie in gold: 0.5."""
+    differences = [abs(a - b) for a, b in itertools.combinations(golds, 2)]
+    if not label_temperature:  # (the labeler orders by gold)
+        return [0.5 if d == 0 else 1.0 for d in differences]
+    return [1 / (1 + math.exp(-d / label_temperature)) for d in differences]
 
 
 def ranking_loss(rewards, sizes):
-    """InstructGPT's RM loss (Ouyang et al. 2022, eq. 1): for each prompt, the mean over its
-    K-choose-2 pairs of -log sigmoid(r_better - r_worse); then the mean over prompts. rewards:
-    one per answer, prompt after prompt, each prompt's answers best first; sizes: the K of each."""
+    """InstructGPT's RM loss (Ouyang et al. 2022, eq. 1): the mean over prompts of the mean over
+    their K-choose-2 pairs of -log sigmoid(r_better - r_worse); rewards: best first, K = sizes."""
     losses = []
     for r in rewards.split(sizes):
         better, worse = torch.triu_indices(len(r), len(r), offset=1, device=r.device)  # all i < j
@@ -100,15 +90,14 @@ def ranking_loss(rewards, sizes):
 
 
 def held_out_metrics(rm, enc, rows, autocast, device, label_temperature, by_split=False):
-    """model.rm_accuracy with the ceiling (the mean noise_ceiling of all pairs; no gold: ties)
-    beside the accuracy; by_split, also for each split of generalisation. {} without rows."""
+    """model.rm_accuracy, the ceiling (the mean noise_ceiling) and by_split."""
     if not rows:
         return {}
-    accuracy = rm_accuracy(rm, enc, rows, autocast, device)
-    golds = [row.get('gold', [0.0] * len(row['answers'])) for row in rows]
-    ceiling = [p for g in golds for p in noise_ceiling(g, label_temperature)]
-    metrics = dict(acc_label=accuracy.pop('acc_label'), acc_gold=accuracy.pop('acc_gold'),
-                   ceiling=sum(ceiling) / max(len(ceiling), 1), **accuracy)
+    ceiling = [p for row in rows for p in noise_ceiling(row['gold'], label_temperature)]
+    accuracy = dict(rm_accuracy(rm, enc, rows, autocast, device),
+                    ceiling=sum(ceiling) / max(len(ceiling), 1))
+    metrics = {key: accuracy[key] for key in ('acc_label', 'acc_gold', 'ceiling', 'corr_gold',
+                                              'rm_mean', 'rm_std', 'gold_pairs', 'label_pairs')}
     if by_split:  # (a: the phrasings of training, as PPO's prompts are)
         splits = {s: [row for row in rows if tasks.generalisation(row['prompt']) == s]
                   for s in tasks.GENERALISATION}
@@ -118,28 +107,24 @@ def held_out_metrics(rm, enc, rows, autocast, device, label_temperature, by_spli
 
 
 def kept_rows(partial, stamp, n_prompts):
-    """The rankings that a killed run of the same command (the same stamp, the first line) wrote
-    to partial; the file is written again with them alone (without a line a kill cut short)."""
-    lines = []
+    """The rankings a killed run of the same command (same stamp, line 1) left in partial."""
+    rows = []
     if os.path.exists(partial):
-        with open(partial, encoding='utf-8') as f:
-            lines = [line for line in f if line.endswith('\n')]  # (a line cut short: no newline)
-        if not lines or json.loads(lines[0]) != stamp:
+        with open(partial, encoding='utf-8') as f:  # (a line a kill cut short has no newline)
+            rows = [json.loads(line) for line in f if line.endswith('\n')]
+        if rows[:1] != [stamp]:
             print(f'{partial}: from a run with other settings or another policy: sampling over')
-            lines = []
-    rows = [json.loads(line) for line in lines[1:]]
-    if rows:
-        print(f'{partial}: {len(rows)} of {n_prompts} prompts ranked before, kept')
-    write_jsonl(partial, [stamp] + rows)
-    return rows
+            rows = []
+        elif rows[1:]:
+            print(f'{partial}: {len(rows) - 1} of {n_prompts} prompts ranked before, kept')
+    write_jsonl(partial, [stamp] + rows[1:])
+    return rows[1:]
 
 
 def sample_and_rank(model, enc, world, split, n, path, stamp, autocast, k, sample_batch,
                     max_new_tokens, temperature, seed, label_temperature):
-    """K answers to each of the split's first n prompts, ranked by the labeler: rows {prompt,
-    answers (best first, empty ones left out), gold (their gold scores)}, the same on every rank,
-    written to path (prompts left with 2 answers or more). Chunk by chunk (each rank a share), the
-    rows are appended to path.partial after its stamp: a run of the same command goes on there."""
+    """K answers to the split's first n prompts, ranked: rows {prompt, answers (best first, no
+    empty one), gold}, to path (2 answers or more) and chunk by chunk to path.partial (resumed)."""
     process_rank, world_size = rank_and_size()
     prompts, partial = tasks.prompt_set(world, split, n) if n else [], path + '.partial'
     rows = all_gather(kept_rows(partial, stamp, len(prompts)) if process_rank == 0 else [])
@@ -175,8 +160,7 @@ def sample_and_rank(model, enc, world, split, n, path, stamp, autocast, k, sampl
 
 
 def train_step(scorer, optimizer, enc, batch, step_lr, grad_clip, autocast, device):
-    """One AdamW step of the RM at step_lr on a batch of (prompt, answers best first): the ranking
-    loss of all their pairs, backward, the gradient norm clipped to grad_clip. Returns the loss."""
+    """One AdamW step on a batch of (prompt, answers best first): the ranking loss, clipped."""
     set_lr(optimizer, step_lr)
     with autocast:
         r = answer_rewards(scorer, enc, [(p, a) for p, answers in batch for a in answers], device)
@@ -188,11 +172,10 @@ def train_step(scorer, optimizer, enc, batch, step_lr, grad_clip, autocast, devi
     return loss
 
 
-def trained_on(train_rows, n_prompts, n_extra, rankings, seconds):
+def trained_on(rows, n_prompts, n_extra, rankings, seconds):
     """The line printed before training: what the RM trains on."""
-    best_first = sum(row['gold'][0] == max(row['gold']) for row in train_rows)
-    best_first /= max(len(train_rows), 1)
-    sampled = n_prompts and (f'{len(train_rows)} prompts ranked ({best_first:.0%} with a '
+    best_first = sum(row['gold'][0] == max(row['gold']) for row in rows) / max(len(rows), 1)
+    sampled = n_prompts and (f'{len(rows)} prompts ranked ({best_first:.0%} with a '
                              f'best-gold answer first) in {seconds:.0f} s')
     return ' + '.join(filter(None, (sampled, n_extra and f'{n_extra} rankings from {rankings}')))
 
@@ -253,10 +236,10 @@ def main():
     ckpt_path, metrics_path = (os.path.join(out_dir, name) for name in ('ckpt.pt', 'metrics.jsonl'))
     if process_rank == 0:
         keep_metrics(metrics_path, start)
+        if resumed:
+            print(f'resuming at iteration {start} of {iters}')
     if before and not resumed:
         log_row(metrics_path, dict(iter=0, when='before', **before))
-    if process_rank == 0 and resumed:
-        print(f'resuming at iteration {start} of {iters}')
     about = dict(config=config, tokenizer=ckpt['tokenizer'], stage='reward', data_dir=data_dir)
     scorer = wrap(rm.train(), device, compile)
     bar = tqdm(range(start, iters), initial=start, total=iters, desc='reward model',
@@ -274,7 +257,6 @@ def main():
         if ckpt_interval and (it + 1) % ckpt_interval == 0 and it + 1 < iters:
             save_progress(ckpt_path, rm, inputs, **about, iter_num=it + 1, before=before,
                           optimizer=optimizer.state_dict(), train_time=time.time() - t0)
-    bar.close()
     # held out: all prompts, and each split of generalisation; then the finished checkpoint
     after = held_out_metrics(rm.eval(), enc, eval_rows, autocast, device, label_temperature, True)
     if process_rank == 0:

@@ -1,15 +1,11 @@
 """
 Stage 1, supervised fine-tuning (SFT): the pretrained model learns to answer in the chat format
-from <prompt, answer> demonstrations. Reads out/pretrain, writes out/sft/ckpt.pt.
+from demonstrations, JSONL of {"messages": [{"role": "user", "content": "..."}, ...]}; the gold
+judge scores its answers to held-out prompts before and after. Reads out/pretrain, writes
+out/sft/ckpt.pt. README.md: "SFT", "Bring your own data", "Kill it, run it again".
 
   python sft.py                 # the world's demonstrations (data/prepare.py wrote them)
   torchrun --nproc_per_node=8 sft.py --demos=out/data/alpaca/sft.jsonl --init_from=out/pretrain_gpt2
-
-Demonstrations: JSONL, one {"messages": [{"role": "user", "content": "..."}, ...]} per line.
-The loss counts only the assistant's tokens and its <|end|> (model.render_chat): the model learns
-to answer, not to ask. Before and after, the gold judge (data/tasks.py) scores answers to the
-world's held-out prompts: the base model's (with the chat template), then the SFT model's.
-Run it again after a kill: it goes on from its last checkpoint and ends as if never killed.
 """
 import os
 import random
@@ -23,8 +19,7 @@ from data import tasks
 from data.formats import read_jsonl, write_jsonl
 from model import (all_mean, answer_prompts, answer_text, batches, collate, configure, finetune,
                    keep_metrics, load_checkpoint, load_tokenizer, log_row, make_optimizer,
-                   rank_and_size, resumable, save_checkpoint, save_progress, setup, teardown,
-                   tokenize, wrap)
+                   resumable, save_checkpoint, save_progress, setup, teardown, tokenize, wrap)
 
 # ----------------------------------------------------------------------------- config
 init_from = 'out/pretrain'    # the pretrained model
@@ -77,7 +72,7 @@ def val_loss(model, examples, batch_size, autocast, device):
     return all_mean(total / max(count, 1))
 
 
-def measure(model, it, val_set, batch_size, autocast, device, out_dir, enc, world, prompts,
+def measure(model, it, rank, val_set, batch_size, autocast, device, out_dir, enc, world, prompts,
             max_new_tokens, temperature, label=None):
     """A row of metrics.jsonl, printed too: the validation loss at iteration it and, with a label,
     the gold score of answers to the held-out prompts (written to answers_{label}.jsonl)."""
@@ -89,14 +84,14 @@ def measure(model, it, val_set, batch_size, autocast, device, out_dir, enc, worl
         summary = tasks.summarize(world, prompts, answers)
         row.update(tasks.gold_fields(summary))
         text += f'\n{label}: ' + tasks.report(summary)
-        if rank_and_size()[0] == 0:
-            rows = zip(prompts, answers, summary['scores'])
+        if rank == 0:
+            scored = zip(prompts, answers, summary['scores'])
             write_jsonl(os.path.join(out_dir, f'answers_{label}.jsonl'),
-                        [dict(prompt=p, answer=a, gold=s) for p, a, s in rows])
-    model.train()
-    if rank_and_size()[0] == 0:
+                        [dict(prompt=p, answer=a, gold=s) for p, a, s in scored])
+    if rank == 0:
         tqdm.write(text)
     log_row(os.path.join(out_dir, 'metrics.jsonl'), row)
+    model.train()
     return row
 
 
@@ -113,8 +108,8 @@ def main():
     enc = load_tokenizer(ckpt['tokenizer'])
     if demos.endswith('world/sft.jsonl') and not os.path.exists(demos):
         sys.exit(f'error: {demos} not found: run python data/prepare.py')
-    rows = read_jsonl(demos, is_conversation, '{"messages": [...]}')
-    conversations = [row['messages'] for row in rows]
+    conversations = [row['messages'] for row in
+                     read_jsonl(demos, is_conversation, '{"messages": [...]}')]
     if not conversations:
         sys.exit(f'error: {demos}: no demonstrations')
     random.Random(seed).shuffle(conversations)
@@ -134,10 +129,10 @@ def main():
         print(f'{len(train_set):,} train and {n_val:,} val conversations from {demos}; '
               f'{trained:.0%} of the tokens are trained on; '
               f'bucketed batches pad {1 - sum(lengths) / padded:.1%}{resuming}')
-    measuring = dict(val_set=val_set, batch_size=batch_size, autocast=autocast, device=device,
-                     out_dir=out_dir, enc=enc, world=world, max_new_tokens=max_new_tokens,
-                     temperature=temperature,
-                     prompts=tasks.prompt_set(world, 'eval', n_eval) if world and n_eval else [])
+    prompts = tasks.prompt_set(world, 'eval', n_eval) if world and n_eval else []
+    measuring = dict(rank=rank, val_set=val_set, batch_size=batch_size, autocast=autocast,
+                     device=device, out_dir=out_dir, enc=enc, world=world, prompts=prompts,
+                     max_new_tokens=max_new_tokens, temperature=temperature)
     t0 = time.time() - (resumed['train_time'] if resumed else 0)
     about = dict(config=config, tokenizer=ckpt['tokenizer'], stage='sft', data_dir=data_dir)
     before = resumed['before'] if resumed else measure(model, 0, label='base', **measuring)
@@ -158,7 +153,7 @@ def main():
         save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), model, **about, iter_num=max_iters,
                         metrics=after, train_time=time.time() - t0)
         if 'gold' in after:
-            print(f'gold score on {len(measuring["prompts"])} held-out prompts: base model '
+            print(f'gold score on {len(prompts)} held-out prompts: base model '
                   f'{before["gold"]:.3f} ± {before["gold_stderr"]:.3f} -> SFT {after["gold"]:.3f} '
                   f'± {after["gold_stderr"]:.3f}')
         print(f'checkpoint {out_dir}/ckpt.pt ({time.time() - t0:.0f} s)')

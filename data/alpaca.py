@@ -1,14 +1,12 @@
 """
 Makes SFT data from Alpaca-format demonstrations (Taori et al. 2023): a JSON array, or JSONL, of
-{"instruction": ..., "input": ... (may be empty or absent), "output": ...} -> out/data/alpaca/sft.jsonl,
+{"instruction": ..., "input": ... (may be empty or absent), "output": ...} -> <out_dir>/sft.jsonl,
 one {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]} per line; a non-empty input
-follows the instruction after a blank line.
+follows the instruction after a blank line. A malformed record is an error (file:line).
 
   python data/alpaca.py                                    # download Stanford Alpaca (52k, 22 MB)
   python data/alpaca.py --file=alpaca_data_cleaned.json    # a local file (JSON array or JSONL)
   python data/alpaca.py --url=https://.../data.jsonl --out_dir=out/data/other
-
-A download is kept in out_dir and not fetched again. A malformed record is an error (file:line).
 """
 import json
 import os
@@ -18,12 +16,12 @@ import sys
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
-import model
-from data import formats                   # noqa: E402
+import model                   # noqa: E402
+from data import formats        # noqa: E402
 
 # -----------------------------------------------------------------------------
 url = 'https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json'
-file = ''                  # a local JSON array or JSONL file; empty: download url into out_dir first
+file = ''                  # a JSON array or JSONL file; empty: url, downloaded once to out_dir
 out_dir = 'out/data/alpaca'
 # -----------------------------------------------------------------------------
 
@@ -50,7 +48,7 @@ def loads(text, path, line=None):
 
 
 def read_records(path):
-    """[(where, record)] from a JSON array or from JSONL; where is 'file:line' for error messages."""
+    """[(where, record)] from a JSON array or JSONL; where is 'file:line' for error messages."""
     if not os.path.isfile(path):
         sys.exit(f'error: {path} not found')
     with open(path, 'rb') as f:
@@ -61,9 +59,10 @@ def read_records(path):
         line = raw[:e.start].count(b'\n') + 1
         sys.exit(f'error: {path}:{line}: not UTF-8 text ({e.reason})')
     if not text.lstrip().startswith('['):  # JSONL
-        return [(f'{path}:{n}', loads(s, path, n)) for n, s in enumerate(text.split('\n'), 1) if s.strip()]
+        return [(f'{path}:{n}', loads(s, path, n))
+                for n, s in enumerate(text.split('\n'), 1) if s.strip()]
     records, decoder, pos, line, counted = [], json.JSONDecoder(), text.index('[') + 1, 1, 0
-    for i, record in enumerate(loads(text, path)):  # decode the records again, one by one, for their lines
+    for i, record in enumerate(loads(text, path)):  # decoded again one by one, for their lines
         pos = re.compile(r'[\s,]*').match(text, pos).end()
         line, counted = line + text.count('\n', counted, pos), pos
         records.append((f'{path}:{line} (record {i})', record))
@@ -73,11 +72,12 @@ def read_records(path):
 
 def demonstration(record, where):
     """The record as a list of messages; a malformed one is an error."""
+    keys = ('instruction', 'input', 'output')
     if not isinstance(record, dict) or 'instruction' not in record or 'output' not in record:
         sys.exit(f'error: {where}: not an object with "instruction" and "output"')
-    if not all(isinstance(record.get(key, ''), str) for key in ('instruction', 'input', 'output')):
+    if not all(isinstance(record.get(key, ''), str) for key in keys):
         sys.exit(f'error: {where}: "instruction", "input" and "output" must be strings')
-    instruction, context, output = (record.get(key, '').strip() for key in ('instruction', 'input', 'output'))
+    instruction, context, output = (record.get(key, '').strip() for key in keys)
     if not instruction or not output:
         sys.exit(f'error: {where}: empty "instruction" or "output"')
     return [dict(role='user', content=f'{instruction}\n\n{context}' if context else instruction),
@@ -93,8 +93,7 @@ def main():
     if not demos:
         sys.exit(f'error: {path}: no demonstrations')
     os.makedirs(out_dir, exist_ok=True)
-    out = os.path.join(out_dir, 'sft.jsonl')
-    formats.write_jsonl(out, [dict(messages=m) for m in demos])
+    formats.write_jsonl(out := os.path.join(out_dir, 'sft.jsonl'), [dict(messages=m) for m in demos])
     print(f'{out}: {len(demos):,} demonstrations from {path}')
 
 

@@ -33,7 +33,7 @@ def train_bpe(text, vocab_size, pattern, progress=True):
 
     ids = {token: i for i, token in enumerate(token_bytes)}
     bar = tqdm(total=vocab_size - 256, desc='bpe merges', disable=not progress, leave=False)
-    while len(token_bytes) < vocab_size and pair_counts:  # (no pairs left: every piece is one token)
+    while len(token_bytes) < vocab_size and pair_counts:  # (none left: each piece is one token)
         best = min(pair_counts, key=lambda p: (-pair_counts[p], p))
         merged_bytes = token_bytes[best[0]] + token_bytes[best[1]]
         if merged_bytes not in ids:  # ('ab', 'c') and ('a', 'bc') make the same token
@@ -64,7 +64,7 @@ def train_bpe(text, vocab_size, pattern, progress=True):
 
 
 def save_bpe(path, ranks):
-    """tiktoken's ranks format, which model.load_tokenizer reads: one 'base64(token bytes) rank' per line."""
+    """The ranks in tiktoken's format (model.load_tokenizer): one 'base64(bytes) rank' per line."""
     with open(path + '.tmp', 'w') as f:
-        f.writelines(f'{base64.b64encode(token).decode()} {rank}\n' for token, rank in ranks.items())
+        f.writelines(f'{base64.b64encode(token).decode()} {ranks[token]}\n' for token in ranks)
     os.replace(path + '.tmp', path)

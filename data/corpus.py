@@ -1,16 +1,15 @@
 """
-Downloads a real pretraining corpus as UTF-8 text for data/prepare.py: <out_dir>/<name>.txt, documents
-separated by lines holding only <|endoftext|>. Then run the command it prints last (data/prepare.py).
+Downloads a real pretraining corpus as UTF-8 text for data/prepare.py: <out_dir>/<name>.txt,
+documents separated by lines holding only <|endoftext|>. Then run the command it prints last.
 
-  python data/corpus.py                        # tiny Shakespeare (1 MB, one document): a first run on real text
-  python data/corpus.py --name=tinystories     # TinyStories' validation split (19 MB, ~22k short stories)
-  python data/corpus.py --name=c4              # C4 English web text, for GPUs: 1 of 1024 shards (0.3 GB download,
-  python data/corpus.py --name=c4 --shards=32  #   ~356k documents, ~150M gpt2 tokens), or the first 32 (~5B tokens)
-  python data/corpus.py --name=c4 --file=c4-train.00000-of-01024.json.gz   # local files instead (comma-separated)
+  python data/corpus.py                        # tiny Shakespeare (1 MB, one document): a first run
+  python data/corpus.py --name=tinystories     # TinyStories' validation split (19 MB, ~22k stories)
+  python data/corpus.py --name=c4              # C4 English web text, for GPUs: 1 of 1024 shards
+  python data/corpus.py --name=c4 --shards=32  # first 32 (each 0.3 GB, ~356k docs, ~150M tokens)
+  python data/corpus.py --name=c4 --file=a.json.gz,b.json.gz   # local files instead
 
-Files named .json/.jsonl(.gz) hold JSON lines with a "text" string (C4's format), others text (documents
-separated by <|endoftext|> lines, or the whole file one). Downloads are kept (out_dir/download).
-A malformed file is an error that names file:line, and nothing is written.
+Files named .json/.jsonl(.gz) hold JSON lines with a "text" string (C4's format), others text in
+the format above. A malformed file is an error naming file:line, and nothing is written.
 """
 import gzip
 import itertools
@@ -22,27 +21,22 @@ import zlib
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
 import model                   # noqa: E402
 from data.alpaca import download  # noqa: E402  (kept in out_dir, not fetched again)
-from data.prepare import read_documents  # noqa: E402
+from data.prepare import decode, read_documents  # noqa: E402
 
 SOURCES = {
-    'shakespeare': 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt',
-    'tinystories': 'https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-valid.txt',
-    'c4': 'https://huggingface.co/datasets/allenai/c4/resolve/main/en/c4-train.{:05d}-of-01024.json.gz',
-}
+    'shakespeare':
+        'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt',
+    'tinystories':
+        'https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-valid.txt',
+    'c4': 'https://huggingface.co/datasets/allenai/c4/resolve/main/en/'
+          'c4-train.{:05d}-of-01024.json.gz'}
 # -----------------------------------------------------------------------------
-name = 'shakespeare'       # 'shakespeare', 'tinystories' or 'c4'; with --file any name (it names the output)
-file = ''                  # comma-separated local files (.json/.jsonl(.gz) or text, see above); empty: download
+name = 'shakespeare'       # 'shakespeare', 'tinystories', 'c4'; with --file any (the output's name)
+file = ''                  # comma-separated files (JSON lines or text, see above); empty: download
 shards = 1                 # c4 only: how many of its 1024 training shards to download
 max_docs = 0               # keep only the first this many documents; 0: all
-out_dir = 'out/data/raw'
+out_dir = 'out/data/raw'   # <name>.txt, and the downloads, kept, in download/
 # -----------------------------------------------------------------------------
-
-
-def decode(raw, path, line):
-    try:
-        return raw.decode('utf-8-sig' if line == 1 else 'utf-8').replace('\r\n', '\n')
-    except UnicodeDecodeError as e:
-        sys.exit(f'error: {path}:{line}: not UTF-8 text ({e.reason})')
 
 
 def jsonl_documents(path):
@@ -78,8 +72,9 @@ def main():
             download(url, path)
     if missing := [path for path in paths if not os.path.isfile(path)]:
         sys.exit(f'error: {", ".join(missing)} not found')
-    docs = (doc.strip() for path in paths for doc in (jsonl_documents(path) if path.endswith(
-        ('.json', '.jsonl', '.json.gz', '.jsonl.gz')) else read_documents([path])))
+    readers = (jsonl_documents(path) if path.endswith(('.json', '.jsonl', '.json.gz', '.jsonl.gz'))
+               else read_documents([path]) for path in paths)
+    docs = (doc.strip() for reader in readers for doc in reader)
     os.makedirs(out_dir, exist_ok=True)
     out = os.path.join(out_dir, f'{name}.txt')
     n_docs = n_chars = 0

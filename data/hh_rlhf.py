@@ -1,44 +1,42 @@
 """
-Makes reward-model data from Anthropic's HH-RLHF preference pairs (Bai et al. 2022): JSONL lines (.jsonl or
-.jsonl.gz) {"chosen": "\n\nHuman: ...\n\nAssistant: ...", "rejected": ...}, one conversation with two last
-answers, each -> {"prompt": ..., "answers": [chosen, rejected]} (best first). The prompt is a string for a single
-human turn, else a list of messages ending with the user's turn.
+Makes reward-model data from Anthropic's HH-RLHF preference pairs (Bai et al. 2022): JSONL lines
+{"chosen": "\n\nHuman: ...\n\nAssistant: ...", "rejected": ...}, a conversation with two last
+answers, each -> {"prompt": ..., "answers": [chosen, rejected]} (best first); the prompt is a
+string for a single human turn, else a list of messages ending with the user's turn.
 
   python data/hh_rlhf.py                                  # download harmless-base/train.jsonl.gz
   python data/hh_rlhf.py --file=train.jsonl.gz --out_dir=out/data/mine   # a local file
-  python data/hh_rlhf.py --url=.../helpful-base/train.jsonl.gz --out_dir=out/data/hh_helpful   # another subset
+  python data/hh_rlhf.py --url=.../helpful-base/train.jsonl.gz --out_dir=out/data/helpful  # another
 
-There is no gold judge for real data, so the pairs are split three ways (the proxy/gold split of Gao et
-al. 2022), by a hash of the conversation's first question, so that conversations that open alike, and a
-prompt's pairs, never straddle two parts:
+There is no gold judge for real data, so a hash of the first question splits the pairs three ways
+(Gao et al. 2022's proxy/gold split): conversations that open alike never straddle two parts:
   rankings.jsonl        the proxy half: the RM (reward.py) and DPO learn from it;
   prompts.jsonl         its one-turn prompts, once each: what PPO and best-of-K answer;
   judge_rankings.jsonl  the judge half: only the judge RM learns from it, the report card's scorer;
-  eval_rankings.jsonl   held out from every stage and both RMs (eval_share of the pairs): the RMs' accuracy;
+  eval_rankings.jsonl   held out from every stage and both RMs (eval_share of pairs): RM accuracy;
   eval_prompts.jsonl    its one-turn prompts: what the report card asks every stage.
-Policy stages take one-turn prompts only (bestofk.py fine-tunes on, and report.py measures KL of, one-turn
-conversations); the RMs and DPO learn from every pair, multi-turn ones too.
+Policy stages take one-turn prompts only (bestofk.py fine-tunes on, and report.py measures KL of,
+one-turn conversations); the RMs and DPO learn from every pair, multi-turn ones too.
 
-A download is kept in out_dir and not fetched again. Pairs whose conversations differ before the last
-answer, or whose last answers are equal or empty, are skipped and counted; a malformed line is an error.
+Pairs whose conversations differ before the last answer, or whose last answers are equal or empty,
+are skipped and counted; a malformed line is an error. A download is kept, not fetched again.
 """
 import collections
 import gzip
 import hashlib
-import json
 import os
 import re
 import sys
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
-import model
-from data import formats                        # noqa: E402
-from data.alpaca import download    # noqa: E402
+import model                   # noqa: E402
+from data import formats        # noqa: E402
+from data.alpaca import download, loads    # noqa: E402
 
 # -----------------------------------------------------------------------------
 url = 'https://huggingface.co/datasets/Anthropic/hh-rlhf/resolve/main/harmless-base/train.jsonl.gz'
-file = ''                  # a local .jsonl or .jsonl.gz file; empty: download url into out_dir first
+file = ''                  # a local .jsonl or .jsonl.gz file; empty: download url into out_dir
 out_dir = 'out/data/hh_rlhf'
 eval_share = 0.1           # of the pairs held out for evaluation (by hash of the first question)
 judge_share = 0.45         # of the pairs for the judge RM; the rest (0.45) is the proxy half
@@ -58,14 +56,13 @@ def read_pairs(path):
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line.decode('utf-8'))
+                    record = loads(line.decode('utf-8'), path, n)  # (bad JSON: an error)
                 except UnicodeDecodeError as e:
                     sys.exit(f'error: {path}:{n}: not UTF-8 text ({e.reason})')
-                except json.JSONDecodeError as e:
-                    sys.exit(f'error: {path}:{n}: bad JSON ({e.msg}, column {e.colno})')
-                if not (isinstance(record, dict)
-                        and all(isinstance(record.get(key), str) for key in ('chosen', 'rejected'))):
-                    sys.exit(f'error: {path}:{n}: not an object with string "chosen" and "rejected"')
+                if not isinstance(record, dict) or not all(
+                        isinstance(record.get(key), str) for key in ('chosen', 'rejected')):
+                    sys.exit(f'error: {path}:{n}: not an object with string "chosen" and '
+                             '"rejected"')
                 pairs.append((record['chosen'], record['rejected']))
     except (OSError, EOFError, zlib.error) as e:  # a damaged .gz
         sys.exit(f'error: {path}: {e}')
@@ -73,7 +70,7 @@ def read_pairs(path):
 
 
 def turns(text):
-    """'\n\nHuman: a\n\nAssistant: b' -> ['a', 'b']; None unless the turns go Human, Assistant, ..., Assistant."""
+    """'\n\nHuman: a\n\nAssistant: b' -> ['a', 'b']; None unless Human, Assistant, ... Assistant."""
     parts = re.split(r'(?:^|\n\n)(Human|Assistant):', text.strip())
     roles = parts[1::2]
     if parts[0].strip() or not roles or roles != ['Human', 'Assistant'] * (len(roles) // 2):
@@ -92,14 +89,15 @@ def ranking(chosen, rejected):
         return 'empty answer'
     if a[-1] == b[-1]:
         return 'equal answers'
-    messages = [dict(role=('user', 'assistant')[i % 2], content=text) for i, text in enumerate(a[:-1])]
+    messages = [dict(role=('user', 'assistant')[i % 2], content=text)
+                for i, text in enumerate(a[:-1])]
     return dict(prompt=a[0] if len(messages) == 1 else messages, answers=[a[-1], b[-1]])
 
 
 def part(ranking):
-    """'eval', 'judge' or 'proxy': where the ranking goes, from a hash of its first question (a stable
-    number in [0, 1), the same on every machine and Python, unlike hash())."""
-    first = ranking['prompt'] if isinstance(ranking['prompt'], str) else ranking['prompt'][0]['content']
+    """'eval', 'judge' or 'proxy': where the ranking goes, from a hash of its first question (a
+    stable number in [0, 1), the same on every machine and Python, unlike hash())."""
+    first = model.as_messages(ranking['prompt'])[0]['content']
     u = int(hashlib.md5(first.encode('utf-8')).hexdigest()[:8], 16) / 2**32
     return 'eval' if u < eval_share else 'judge' if u < eval_share + judge_share else 'proxy'
 
@@ -110,9 +108,10 @@ def one_turn_prompts(rankings):
 
 
 def read_prompts(path, n=0):
-    """The first n (0: all) prompts of a prompts file (one {"prompt": "text"} per line, as main() writes):
+    """The first n (0: all) prompts of a prompts file ({"prompt": "text"} lines, as main() writes):
     what rlhf.py, bestofk.py and report.py answer when the policy was not trained on the world."""
-    check = lambda row: '' if isinstance(row['prompt'], str) and row['prompt'].strip() else '"prompt" must be a text'
+    check = lambda row: ('' if isinstance(row['prompt'], str) and row['prompt'].strip()
+                         else '"prompt" must be a text')
     prompts = [row['prompt'] for row in formats.read_jsonl(path, check, '{"prompt": "..."}')]
     if not prompts:
         sys.exit(f'error: {path}: no prompts (data/hh_rlhf.py writes them)')
@@ -122,9 +121,9 @@ def read_prompts(path, n=0):
 def main():
     model.configure(globals())
     if not (0 < eval_share and 0 < judge_share and eval_share + judge_share < 1):
-        sys.exit(f'error: eval_share and judge_share must be above 0 and leave a share for the proxy '
-                 f'(got {eval_share} and {judge_share})')
-    path = file or os.path.join(out_dir, '-'.join(url.split('/')[-2:]))  # e.g. harmless-base-train.jsonl.gz
+        sys.exit(f'error: eval_share and judge_share must be above 0 and leave a share for the '
+                 f'proxy (got {eval_share} and {judge_share})')
+    path = file or os.path.join(out_dir, '-'.join(url.split('/')[-2:]))  # <subset>-train.jsonl.gz
     if not file:
         download(url, path)
     results = [ranking(chosen, rejected) for chosen, rejected in read_pairs(path)]
@@ -136,8 +135,9 @@ def main():
     parts = {name: [r for r in rankings if part(r) == name] for name in ('proxy', 'judge', 'eval')}
     prompts, eval_prompts = one_turn_prompts(parts['proxy']), one_turn_prompts(parts['eval'])
     os.makedirs(out_dir, exist_ok=True)
-    files = dict(rankings=parts['proxy'], judge_rankings=parts['judge'], eval_rankings=parts['eval'],
-                 prompts=[dict(prompt=p) for p in prompts], eval_prompts=[dict(prompt=p) for p in eval_prompts])
+    files = dict(rankings=parts['proxy'], judge_rankings=parts['judge'],
+                 eval_rankings=parts['eval'], prompts=[dict(prompt=p) for p in prompts],
+                 eval_prompts=[dict(prompt=p) for p in eval_prompts])
     for name, rows in files.items():
         formats.write_jsonl(os.path.join(out_dir, f'{name}.jsonl'), rows)
     print(f'{len(rankings):,} ranked pairs from {path}; skipped {sum(skipped.values()):,}{why}\n'
