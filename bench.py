@@ -169,9 +169,9 @@ def generate_recompute(model, prompts, new_tokens, temperature):
 def sample(ckpt, data_dir, n_prompts, k, max_new_tokens, temperature, batch_size, rounds, other,
            device, autocast, peak):
     """Sampling speed on a checkpoint: sample_answers, then generate against generate_recompute."""
-    model, meta = load_checkpoint(os.path.join(ckpt, 'ckpt.pt'), 'the stage that writes it', device,
-                                  scalar_head=False)
-    enc = load_tokenizer(meta['tokenizer'])
+    model, checkpoint = load_checkpoint(os.path.join(ckpt, 'ckpt.pt'), 'the stage that writes it',
+                                        device, scalar_head=False)
+    enc = load_tokenizer(checkpoint['tokenizer'])
     prompts = [p for p in tasks.prompt_set(tasks.load_world(data_dir), 'rl', n_prompts)
                for _ in range(k)]
     models = {'model.py': model.eval()}

@@ -61,21 +61,21 @@ def reply(model, enc, messages, max_new_tokens, temperature, top_k, autocast):
 def main():
     _, _, device, autocast = setup(configure(globals())['device'], dtype, seed)
     path = ckpt if ckpt.endswith('.pt') else os.path.join(ckpt, 'ckpt.pt')
-    model, meta = load_checkpoint(path, made_by(path), device, scalar_head=False)
-    if meta['model_args'].get('scalar_head'):
+    model, checkpoint = load_checkpoint(path, made_by(path), device, scalar_head=False)
+    if checkpoint['model_args'].get('scalar_head'):
         sys.exit(f'error: {path} is a reward model: it scores answers, it does not write them; '
                  'chat with a policy such as out/sft or out/rlhf')
     model.eval()
-    enc, block_size = load_tokenizer(meta['tokenizer']), model.config.block_size
+    enc, block_size = load_tokenizer(checkpoint['tokenizer']), model.config.block_size
     if prompt:
         messages = fit(enc, as_messages(prompt), block_size, max_new_tokens)
         if messages is None:
             sys.exit('error: the prompt is longer than the model reads '
                      f'(block_size={block_size} tokens)')
         return reply(model, enc, messages, max_new_tokens, temperature, top_k, autocast)
-    print(f'{path} ({meta.get("stage", "?")} stage, {model.num_params():,} parameters). '
+    print(f'{path} ({checkpoint.get("stage", "?")} stage, {model.num_params():,} parameters). '
           '/reset forgets the conversation, /quit ends it.')
-    if meta.get('stage') == 'pretrain':
+    if checkpoint.get('stage') == 'pretrain':
         print('(a pretrained model has never seen a chat: expect it to ramble; '
               'python sft.py teaches it)')
     history, told = [], False

@@ -118,13 +118,13 @@ def main():
     if os.path.exists(out) and not os.path.isfile(os.path.join(out, 'model.safetensors')):
         sys.exit(f'error: {out} exists and is not an earlier export: choose another --out')
     path = ckpt if ckpt.endswith('.pt') else os.path.join(ckpt, 'ckpt.pt')
-    model, meta = load_checkpoint(path, 'a training stage (python sft.py, rlhf.py, ...)')
+    model, checkpoint = load_checkpoint(path, 'a training stage (python sft.py, rlhf.py, ...)')
     cfg = model.config
     if cfg.scalar_head:
         sys.exit(f'error: {path} is a reward or value model (a scalar head): export.py exports '
                  'policies (pretrain, sft, rlhf, bestofk), as HF has no model with the same '
                  'scalar head')
-    enc = load_tokenizer(meta['tokenizer'])
+    enc = load_tokenizer(checkpoint['tokenizer'])
     bos, end = (enc.encode_single_token(s) for s in ('<|endoftext|>', '<|end|>'))
     # padding is <|end|>, not <|endoftext|>: HF's generate, given no attention mask, masks every pad
     # id it finds in the prompt unless pad is eos, and every prompt starts with <|endoftext|>
@@ -155,7 +155,8 @@ def main():
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f'{path} ({meta.get("stage", "?")} stage, {model.num_params():,} parameters) -> {out}')
+    stage = checkpoint.get('stage', '?')
+    print(f'{path} ({stage} stage, {model.num_params():,} parameters) -> {out}')
 
 
 if __name__ == '__main__':

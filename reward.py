@@ -89,7 +89,7 @@ def ranking_loss(rewards, sizes):
     return torch.stack(losses).mean()
 
 
-def held_out_metrics(rm, enc, rows, autocast, device, label_temperature, by_split=False):
+def rm_metrics(rm, enc, rows, autocast, device, label_temperature, by_split=False):
     """model.rm_accuracy, the ceiling (the mean noise_ceiling) and by_split."""
     if not rows:
         return {}
@@ -101,7 +101,7 @@ def held_out_metrics(rm, enc, rows, autocast, device, label_temperature, by_spli
     if by_split:  # (a: the phrasings of training, as PPO's prompts are)
         splits = {s: [row for row in rows if tasks.generalisation(row['prompt']) == s]
                   for s in tasks.GENERALISATION}
-        metrics['splits'] = {s: held_out_metrics(rm, enc, part, autocast, device, label_temperature)
+        metrics['splits'] = {s: rm_metrics(rm, enc, part, autocast, device, label_temperature)
                              for s, part in splits.items() if part}
     return metrics
 
@@ -232,7 +232,7 @@ def main():
         start, before = resumed['iter_num'], resumed['before']
         t0 = time.time() - resumed['train_time']  # (the time of the killed run counts)
     else:
-        start, before = 0, held_out_metrics(rm, enc, eval_rows, autocast, device, label_temperature)
+        start, before = 0, rm_metrics(rm, enc, eval_rows, autocast, device, label_temperature)
     ckpt_path, metrics_path = (os.path.join(out_dir, name) for name in ('ckpt.pt', 'metrics.jsonl'))
     if process_rank == 0:
         keep_metrics(metrics_path, start)
@@ -258,7 +258,7 @@ def main():
             save_progress(ckpt_path, rm, inputs, **about, iter_num=it + 1, before=before,
                           optimizer=optimizer.state_dict(), train_time=time.time() - t0)
     # held out: all prompts, and each split of generalisation; then the finished checkpoint
-    after = held_out_metrics(rm.eval(), enc, eval_rows, autocast, device, label_temperature, True)
+    after = rm_metrics(rm.eval(), enc, eval_rows, autocast, device, label_temperature, True)
     if process_rank == 0:
         save_checkpoint(ckpt_path, rm, **about, iter_num=iters, metrics=after,
                         train_time=time.time() - t0)

@@ -94,7 +94,7 @@ def ranking(chosen, rejected):
     return dict(prompt=a[0] if len(messages) == 1 else messages, answers=[a[-1], b[-1]])
 
 
-def part(ranking):
+def part(ranking, eval_share, judge_share):
     """'eval', 'judge' or 'proxy': where the ranking goes, from a hash of its first question (a
     stable number in [0, 1), the same on every machine and Python, unlike hash())."""
     first = model.as_messages(ranking['prompt'])[0]['content']
@@ -132,7 +132,9 @@ def main():
     why = f' ({", ".join(f"{n:,} {reason}" for reason, n in skipped.items())})' if skipped else ''
     if not rankings:
         sys.exit(f'error: {path}: no usable pairs{why}')
-    parts = {name: [r for r in rankings if part(r) == name] for name in ('proxy', 'judge', 'eval')}
+    where = [part(r, eval_share, judge_share) for r in rankings]
+    parts = {name: [r for r, w in zip(rankings, where) if w == name]
+             for name in ('proxy', 'judge', 'eval')}
     prompts, eval_prompts = one_turn_prompts(parts['proxy']), one_turn_prompts(parts['eval'])
     os.makedirs(out_dir, exist_ok=True)
     files = dict(rankings=parts['proxy'], judge_rankings=parts['judge'],
