@@ -19,6 +19,7 @@ import torch
 from data import tasks
 from data.formats import read_rankings
 from data.hh_rlhf import read_prompts
+from data.tasks import per_prompt, win
 from model import (STAGES, all_gather, answer_prompts, answer_text, configure, input_stamps,
                    load_checkpoint, load_tokenizer, made_by, rank_and_size, rm_accuracy, sampled_kl,
                    score_pairs, setup, teardown)
@@ -51,15 +52,6 @@ METHODS = dict(rlhf='PPO', grpo='GRPO', rloo='RLOO', dpo='DPO', rlhf_beta0='PPO,
 def mean(xs):
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else None
-
-
-def per_prompt(scores, samples):
-    """The mean score of each prompt's `samples` answers (they come prompt after prompt)."""
-    return [sum(scores[i:i + samples]) / samples for i in range(0, len(scores), samples)]
-
-
-def win(a, b):
-    return 1.0 if a > b else 0.5 if a == b else 0.0
 
 
 @torch.no_grad()

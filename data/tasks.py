@@ -341,6 +341,16 @@ def mean_and_stderr(xs):
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / max(len(xs) - 1, 1) / len(xs))
 
 
+def per_prompt(scores, samples):
+    """The mean score of each prompt's `samples` answers (they come prompt after prompt)."""
+    return [sum(scores[i:i + samples]) / samples for i in range(0, len(scores), samples)]
+
+
+def win(a, b):
+    """A comparison's count toward a win rate: 1 if a is above b, 0.5 if equal, else 0."""
+    return 1.0 if a > b else 0.5 if a == b else 0.0
+
+
 def gold_fields(summary):
     return {key: summary[key] for key in ('gold', 'gold_stderr', 'kinds', 'splits', 'criteria')}
 

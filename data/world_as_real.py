@@ -52,10 +52,6 @@ def write_files(w, out_dir, rankings, n_docs, n_demos, flaw_rate, seed, manners)
           f' hh.jsonl.gz ({len(pairs):,} pairs from {len(rows):,} rankings in {rankings})')
 
 
-def win(a, b):
-    return 1.0 if a > b else 0.5 if a == b else 0.0
-
-
 def gold_beside_judge(w, prompts, results, samples):
     """{stage: (gold, win vs SFT by gold, by the judge RM)}, each (mean, stderr) over prompts; the
     share of the (stage, SFT) answer pairs whose gold differs that the judge orders as gold; n."""
@@ -63,9 +59,9 @@ def gold_beside_judge(w, prompts, results, samples):
             for stage, r in results.items()}
     sft_judged, table, agree = results['sft']['judge'], {}, []
     for stage, r in results.items():
-        wins = [*map(win, gold[stage], gold['sft'])], [*map(win, r['judge'], sft_judged)]
-        table[stage] = [tasks.mean_and_stderr([sum(xs[i:i + samples]) / samples  # per prompt
-                                               for i in range(0, len(xs), samples)])
+        wins = [*map(tasks.win, gold[stage], gold['sft'])], \
+            [*map(tasks.win, r['judge'], sft_judged)]
+        table[stage] = [tasks.mean_and_stderr(tasks.per_prompt(xs, samples))
                         for xs in (gold[stage], *wins)]
         agree += [(a > b) == (ga > gb) for a, b, ga, gb in  # (none for SFT: its gold is SFT's)
                   zip(r['judge'], sft_judged, gold[stage], gold['sft']) if ga != gb]
