@@ -2,15 +2,20 @@
 training tokens/s and MFU of model.py's GPT beside a GPT-2-style model (nanoGPT's block); --mode=
 sample: sample_answers on a checkpoint as the stages call it, then generate (KV cache) beside a
 generate that reruns the whole context per token. --compare=path/to/model.py: time that one too.
+--mode=serve: time to first token and tokens/s of 1, then several, concurrent streams of serve.py.
 
   python bench.py                                  # training, the classroom size (2.0M) on the CPU
   python bench.py --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --batch_size=16   # GPU
   python bench.py --mode=sample --ckpt=out/sft --dtype=float32
+  python serve.py & python bench.py --mode=serve --streams=1,8    # against a running serve.py
 """
+import http.client
 import importlib.util
+import json
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import asdict
 from functools import partial
@@ -47,6 +52,9 @@ sample_batch_size = 256
 max_new_tokens = 128
 temperature = 1.0
 sample_rounds = 2
+# serve mode (also ckpt's stage name, data_dir's held-out prompts, max_new_tokens, temperature)
+url = 'http://127.0.0.1:8000'   # a running serve.py
+streams = '1,8'            # how many concurrent streams, one test after the other
 # -----------------------------------------------------------------------------
 
 
@@ -216,8 +224,56 @@ def sample(ckpt, data_dir, n_prompts, k, max_new_tokens, temperature, batch_size
               f'generate / recompute {seconds["recompute"] / seconds["generate"]:.1f}x{vs_compare}')
 
 
+def one_stream(url, model, prompt, max_new_tokens, temperature, barrier, results, i):
+    """A thread's work: once all are ready, streams one answer from serve.py; results[i] =
+    (seconds to the first token, answer tokens, seconds from the first token to the last)."""
+    barrier.wait()
+    host, port = url.removeprefix('http://').rstrip('/').split(':')
+    conn, start, first = http.client.HTTPConnection(host, int(port)), time.perf_counter(), None
+    conn.request('POST', '/v1/chat/completions', json.dumps(dict(
+        model=model, messages=[dict(role='user', content=prompt)], max_tokens=max_new_tokens,
+        temperature=temperature, stream=True, stream_options=dict(include_usage=True))))
+    tokens = 0
+    for line in conn.getresponse():
+        event = json.loads(line[6:]) if line.startswith(b'data: {') else {}
+        if first is None and event.get('choices') and event['choices'][0]['delta'].get('content'):
+            first = time.perf_counter()
+        tokens = event['usage']['completion_tokens'] if event.get('usage') else tokens
+    results[i] = (first - start, tokens, time.perf_counter() - first)
+
+
+def serve_speed(url, model, data_dir, streams, max_new_tokens, temperature, rounds):
+    """For each number of concurrent streams: the median time to first token, each stream's
+    tokens/s and all streams' tokens/s, over rounds of held-out prompts."""
+    prompts = tasks.prompt_set(tasks.load_world(data_dir), 'eval', 64)
+    for n in streams:
+        firsts, rates, total_tokens, total_seconds = [], [], 0, 0.0
+        for r in range(rounds):
+            results, barrier = [None] * n, threading.Barrier(n)
+            threads = [threading.Thread(target=one_stream, args=(
+                url, model, prompts[(r * n + i) % len(prompts)], max_new_tokens, temperature,
+                barrier, results, i)) for i in range(n)]
+            start = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            total_seconds += time.perf_counter() - start
+            total_tokens += sum(tokens for _, tokens, _ in results)
+            firsts += [first for first, _, _ in results]
+            rates += [tokens / max(seconds, 1e-9) for _, tokens, seconds in results]
+        print(f'{n:3d} concurrent streams: first token after {sorted(firsts)[len(firsts) // 2]:.3f} s '
+              f'(median), {sum(rates) / len(rates):,.0f} tokens/s each, '
+              f'{total_tokens / total_seconds:,.0f} tokens/s in all '
+              f'({total_tokens / rounds / n:.0f} tokens per answer, {rounds} rounds)')
+
+
 def main():
     config = configure(globals())
+    if mode == 'serve':  # (the server's speed: nothing runs here but its clients)
+        return serve_speed(url, os.path.basename(ckpt.rstrip('/')), data_dir,
+                           [int(n) for n in streams.split(',')], max_new_tokens, temperature,
+                           sample_rounds)
     _, _, device, autocast = setup(config['device'], dtype)
     bf16 = isinstance(autocast, torch.autocast)
     peak = peak_flops(device, bf16)
@@ -232,7 +288,7 @@ def main():
         sample(ckpt, data_dir, n_prompts, k, max_new_tokens, temperature, sample_batch_size,
                sample_rounds, other_model_py(compare), device, autocast, peak)
     else:
-        sys.exit(f"error: mode must be 'train' or 'sample', not {mode!r}")
+        sys.exit(f"error: mode must be 'train', 'sample' or 'serve', not {mode!r}")
 
 
 if __name__ == '__main__':

@@ -10,8 +10,8 @@ import sys
 import time
 from functools import partial
 
-from model import (SPECIAL_TOKENS, answer_text, as_messages, configure, load_checkpoint,
-                   load_tokenizer, made_by, prompt_tokens, setup)
+from model import (answer_text, as_messages, configure, fit, load_checkpoint, load_tokenizer,
+                   made_by, prompt_tokens, setup, token_text)
 
 # ----------------------------------------------------------------------------- config
 ckpt = 'out/sft'          # a stage's directory (holding ckpt.pt) or the path of a .pt file
@@ -23,20 +23,6 @@ device = 'auto'           # 'auto', 'cpu', 'cuda', 'mps'
 dtype = 'auto'            # 'auto', 'float32', 'bfloat16'
 seed = 1337
 # -----------------------------------------------------------------------------
-
-
-def fit(enc, messages, block_size, max_new_tokens):
-    """The newest turns that fit block_size with max_new_tokens; None if the last alone does not."""
-    while len(messages) > 1 and len(prompt_tokens(enc, messages)) + max_new_tokens > block_size:
-        messages = messages[2:]  # one user turn and the assistant's answer
-    return messages if len(prompt_tokens(enc, messages)) < block_size else None
-
-
-def token_text(enc, utf8, token):
-    """The text token adds: '' for a special token or a character's first bytes (utf8: decoder)."""
-    if token >= enc.n_vocab - len(SPECIAL_TOKENS):
-        return ''
-    return utf8.decode(enc.decode_single_token_bytes(token))
 
 
 def show(enc, utf8, rows, new):

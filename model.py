@@ -2,7 +2,8 @@
 The one module every stage shares:
   1. the GPT: LLaMA's block (rotary, RMSNorm, SwiGLU), a scalar head for reward and value models
   2. speed devices: faster CPU versions of plain code, each naming the code it replaces
-  3. the tokenizer and the chat template; sampling answers to prompts
+  3. the tokenizer and the chat template (a conversation that fits, text token by token);
+     sampling answers to prompts
   4. the --key=value configurator; device, precision and ranks (torchrun, DDP)
   5. files: JSONL, checkpoints, resuming a killed run, the metrics log
   6. training: optimizer, learning-rate schedule, batches, the SFT loop
@@ -342,6 +343,20 @@ def answer_text(enc, tokens):
     end = enc.encode_single_token('<|end|>')
     tokens = tokens[:tokens.index(end)] if end in tokens else tokens
     return enc.decode([t for t in tokens if t < enc.n_vocab - len(SPECIAL_TOKENS)])
+
+
+def fit(enc, messages, block_size, max_new_tokens):
+    """The newest turns that fit block_size with max_new_tokens; None if the last alone does not."""
+    while len(messages) > 1 and len(prompt_tokens(enc, messages)) + max_new_tokens > block_size:
+        messages = messages[2:]  # one user turn and the assistant's answer
+    return messages if len(prompt_tokens(enc, messages)) < block_size else None
+
+
+def token_text(enc, utf8, token):
+    """The text token adds: '' for a special token or a character's first bytes (utf8: decoder)."""
+    if token >= enc.n_vocab - len(SPECIAL_TOKENS):
+        return ''
+    return utf8.decode(enc.decode_single_token_bytes(token))
 
 
 @torch.no_grad()

@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-from chat import token_text
 from data import world
 from data.bpe import save_bpe, train_bpe
-from model import GPT, SPLIT_PATTERN, GPTConfig, answer_text, load_checkpoint, load_tokenizer, prompt_tokens, save_checkpoint
+from model import GPT, SPLIT_PATTERN, GPTConfig, answer_text, load_checkpoint, load_tokenizer, prompt_tokens, save_checkpoint, \
+    token_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
