@@ -66,7 +66,8 @@ class ApiError(Exception):
     def __init__(self, status, message, param=None, code=None):
         super().__init__(message)
         self.status, self.param, self.code = status, param, code
-        self.type = 'authentication_error' if status == 401 else 'invalid_request_error'
+        self.type = 'authentication_error' if status == 401 else 'server_error' \
+            if status >= 500 else 'invalid_request_error'
 
 
 @dataclass
@@ -91,35 +92,35 @@ def policy_checkpoints(out_dir, seen):
     """{name: path} of out_dir's chat models: <name>/ckpt.pt (and <a>/<b>/ckpt.pt, named 'a/b')
     holding a finished policy, not a reward or value model (a scalar head). seen: a cache of each
     file's verdict by (path, modification time), so a listing does not read every file again."""
-    found = {}
-    for path in sorted(glob(os.path.join(out_dir, '*', 'ckpt.pt')) +
-                       glob(os.path.join(out_dir, '*', '*', 'ckpt.pt'))):
-        key = (path, os.path.getmtime(path))
-        if key not in seen:
-            try:
+    found, rank = {}, {stage: i for i, stage in enumerate(STAGES)}
+    for path in glob(os.path.join(out_dir, '*', 'ckpt.pt')) + \
+            glob(os.path.join(out_dir, '*', '*', 'ckpt.pt')):
+        try:
+            key = (path, os.path.getmtime(path))
+            if key not in seen:
                 ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
                 seen[key] = not ckpt['model_args'].get('scalar_head') and \
                     ckpt.get('finished') is not False
-            except Exception:  # (a file being written, or not a checkpoint)
-                seen[key] = False
+        except Exception:  # (a file being written or deleted, or not a checkpoint)
+            continue
         if seen[key]:
-            name = os.path.relpath(os.path.dirname(path), out_dir).replace(os.sep, '/')
-            found[name] = path
-    order = list(STAGES)  # the chain's order first, then the rest by name
-    return dict(sorted(found.items(), key=lambda kv: (kv[0] not in order, order.index(kv[0])
-                                                      if kv[0] in order else 0, kv[0])))
+            found[os.path.relpath(os.path.dirname(path), out_dir).replace(os.sep, '/')] = path
+    # the chain's order first (STAGES), then the rest by name
+    return dict(sorted(found.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])))
 
 
 def load(loaded, lock, path, device, scalar_head=False):
-    """(model, tokenizer, checkpoint) of path, read once and kept in loaded; ApiError if it fails."""
+    """(model, tokenizer, checkpoint) of path, read once (again if the file changed) and kept in
+    loaded; ApiError if it fails."""
     with lock:
-        if path not in loaded:
-            try:
+        try:
+            key = (path, os.path.getmtime(path))
+            if key not in loaded:
                 model, ckpt = load_checkpoint(path, made_by(path), device, scalar_head)
-                loaded[path] = (model.eval(), load_tokenizer(ckpt['tokenizer']), ckpt)
-            except SystemExit as e:  # (load_checkpoint's and load_tokenizer's one-line errors)
-                raise ApiError(500, str(e.code), code='checkpoint_unreadable')
-        return loaded[path]
+                loaded[key] = (model.eval(), load_tokenizer(ckpt['tokenizer']), ckpt)
+        except (SystemExit, OSError) as e:  # (load_checkpoint's, load_tokenizer's own errors)
+            raise ApiError(500, str(getattr(e, 'code', e)), code='checkpoint_unreadable')
+        return loaded[key]
 
 
 # ----------------------------------------------------------------------------- reading a request
@@ -167,8 +168,9 @@ def read_chat(body, names, default_temperature):
             conversation.append(dict(role=m['role'], content=text_of(m.get('content'), i)))
     if not conversation or conversation[-1]['role'] != 'user':
         raise ApiError(400, "the last message must be the user's", param='messages')
-    if number(body, 'n', 1, int, 1, 1) != 1 or body.get('stop'):
-        raise ApiError(400, 'n other than 1 and stop sequences are not supported', param='n')
+    number(body, 'n', 1, int, 1, 1)  # (one answer per request)
+    if body.get('stop'):
+        raise ApiError(400, 'stop sequences are not supported', param='stop')
     if not isinstance(body.get('stream', False), bool):
         raise ApiError(400, 'stream must be true or false', param='stream')
     settings = dict(temperature=number(body, 'temperature', default_temperature, float, 0, 2),
@@ -196,6 +198,7 @@ def next_tokens(logits, temperature, top_k, top_p):
     rank = torch.arange(logits.size(-1), device=logits.device)[None, :]
     keep = ((rank < top_k[:, None]) | (top_k[:, None] == 0)) & \
         (probs.cumsum(dim=-1) - probs < top_p[:, None])
+    keep[:, 0] = True  # (top_p=0 too)
     sampled = order.gather(1, sample(probs * keep))[:, 0]
     return torch.where(temperature == 0, greedy, sampled)
 
@@ -351,10 +354,10 @@ def finish_reason(request, end):
     return 'stop' if request.written and request.written[-1] == end else 'length'
 
 
-def chunk(ident, name, delta, reason=None, **extra):
+def chunk(ident, name, delta, reason=None):
     """One server-sent event of a streamed answer, OpenAI's chat.completion.chunk."""
     event = dict(id=ident, object='chat.completion.chunk', created=int(time.time()), model=name,
-                 choices=[dict(index=0, delta=delta, finish_reason=reason)], **extra)
+                 choices=[dict(index=0, delta=delta, finish_reason=reason)])
     return f'data: {json.dumps(event, ensure_ascii=False)}\n\n'.encode()
 
 
@@ -406,6 +409,8 @@ class Handler(BaseHTTPRequestHandler):
         """The request's JSON object, or ApiError: 411 without a length, 413 over max_body."""
         try:
             length = int(self.headers.get('Content-Length', ''))
+            if length < 0:
+                raise ValueError(length)
         except ValueError:
             self.close_connection = True
             raise ApiError(411, 'a request body needs a Content-Length')
@@ -584,7 +589,10 @@ def main():
                  stopped=0)
     threading.Thread(target=engine, args=(state, max_rows, dev, autocast),
                      daemon=True).start()
-    server = Server((host, port), Handler)
+    try:
+        server = Server((host, port), Handler)
+    except OSError as e:
+        sys.exit(f'error: cannot listen on {host}:{port} ({e.strerror}): choose another --port')
     server.app = dict(out_dir=out_dir, api_key=key, max_body=max_body, max_tokens=max_tokens,
                       temperature=temperature, device=dev, autocast=autocast, state=state,
                       seen=seen, loaded={}, load_lock=threading.Lock())

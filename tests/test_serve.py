@@ -97,7 +97,7 @@ def test_next_tokens_keeps_each_rows_settings():
     greedy = logits.argmax(-1)
     temperature = torch.tensor([0, 1, 1, 1, 0.5, 2.0])
     top_k = torch.tensor([0, 1, 0, 3, 0, 0])
-    top_p = torch.tensor([1.0, 1.0, 1e-6, 1.0, 1.0, 1.0])
+    top_p = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
     top3 = logits.topk(3).indices
     seen = set()
     for _ in range(200):
