@@ -31,6 +31,21 @@ case $DATA in
 esac
 PRESET=${PRESET:-}
 mkdir -p "$OUT"
+# One chain per output folder: $OUT/.run.lock is a link to the pid of the run that holds it (made
+# in one step, so two runs cannot both take it). A run that was killed leaves it behind; the next
+# run sees that no run.sh has that pid any more and takes it over.
+LOCK=$OUT/.run.lock
+for attempt in 1 2; do
+    ln -s "$$" "$LOCK" 2>/dev/null && break
+    holder=$(readlink "$LOCK" || true)
+    if [ "$attempt" = 2 ] || ps -p "${holder:-0}" -o args= 2>/dev/null | grep -q run.sh; then
+        echo "error: $OUT is in use by another run.sh (pid ${holder:-?}); wait for it to end," \
+             "or give this one its own OUT=..." >&2
+        exit 1
+    fi
+    rm -f "$LOCK"  # (stale: its run is gone)
+done
+trap '[ "$(readlink "$LOCK")" = $$ ] && rm -f "$LOCK"' EXIT
 
 stage() {  # stage NAME INPUT... -- COMMAND...: runs COMMAND unless $OUT/NAME/.done is newer than every
     local name=$1 done_file=$OUT/$1/.done fresh=1 cmd=() found=""   # input (a file, or a stage's .done)

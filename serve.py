@@ -298,12 +298,19 @@ def engine(state, max_rows, device, autocast):
         new = [r for r in new if not r.left]
         batches = state['batches']
         for model in dict.fromkeys(r.model for r in new):
-            with autocast:
-                batch = start_batch(model, [r for r in new if r.model is model], device)
-            advance(state, batch, autocast)  # its prompts read: the first token of each
-            running = [i for i, b in enumerate(batches) if b['model'] is model]
-            joined = running and batch['requests'] and \
-                merge(batches[running[0]], batch, model.config.block_size)
+            try:
+                with autocast:
+                    batch = start_batch(model, [r for r in new if r.model is model], device)
+                advance(state, batch, autocast)  # its prompts read: the first token of each
+                running = [i for i, b in enumerate(batches) if b['model'] is model]
+                joined = running and batch['requests'] and \
+                    merge(batches[running[0]], batch, model.config.block_size)
+            except Exception as e:  # (out of memory, say): these requests get the error
+                traceback.print_exc()
+                batch, joined = dict(requests=[]), None
+                for request in [r for r in new if r.model is model]:
+                    request.out.put(e)
+                    state['finished'] += 1
             if joined:
                 batches[running[0]] = joined
             elif batch['requests']:

@@ -4,16 +4,22 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 from conftest import ROOT
 
 
+def chain_env(out):
+    return {**os.environ, 'PYTHON': sys.executable, 'OUT': str(out), 'PRESET': 'config/tiny', 'OMP_NUM_THREADS': '1',
+            'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']}
+
+
 def run_chain(out):
-    env = {**os.environ, 'PYTHON': sys.executable, 'OUT': str(out), 'PRESET': 'config/tiny', 'OMP_NUM_THREADS': '1',
-           'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']}
-    result = subprocess.run(['bash', 'run.sh'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(['bash', 'run.sh'], cwd=ROOT, env=chain_env(out), capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return re.findall(r'^== (\w+): (up to date|done)', result.stdout, flags=re.M)
 
@@ -38,3 +44,24 @@ def test_the_whole_chain_then_a_rerun_after_an_input_changed(tmp_path):
     # the second round's reward model changed: PPO round 2 and the report run again, nothing else
     os.utime(tmp_path / 'reward2' / '.done')
     assert run_chain(tmp_path) == [(s, 'up to date') for s in stages[:-2]] + [('rlhf2', 'done'), ('report', 'done')]
+
+
+def test_one_chain_per_output_folder(tmp_path):
+    lock = tmp_path / '.run.lock'
+    first = subprocess.Popen(['bash', 'run.sh'], cwd=ROOT, env=chain_env(tmp_path), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    for _ in range(500):
+        if os.path.islink(lock):
+            break
+        time.sleep(0.01)
+    second = subprocess.run(['bash', 'run.sh'], cwd=ROOT, env=chain_env(tmp_path), capture_output=True, text=True,
+                            timeout=60)
+    assert second.returncode == 1 and second.stdout == '', second.stdout
+    assert second.stderr.count('\n') == 1 and f'in use by another run.sh (pid {first.pid})' in second.stderr
+    os.killpg(first.pid, signal.SIGKILL)  # the whole run, its stage too
+    first.wait()
+    assert os.path.islink(lock)  # a killed run leaves its lock behind ...
+    third = subprocess.run(['bash', 'run.sh'], cwd=ROOT, env={**chain_env(tmp_path), 'PYTHON': 'false'},
+                           capture_output=True, text=True, timeout=60)
+    assert 'in use' not in third.stderr and third.stdout.startswith('== ')  # ... and the next run takes it over
+    assert not os.path.lexists(lock)  # and gives it back when it ends (here: its first stage failed)
