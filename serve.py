@@ -248,13 +248,13 @@ def merge(a, b, block_size):
     that every row's next token goes in at the same position."""
     filled = max(a['cache']['len'], b['cache']['len'])
     rows = {key: torch.cat([a['rows'][key], b['rows'][key]]) for key in a['rows']}
-    length = filled + int((rows['max_tokens'] - rows['written']).max())
-    if length - 1 > block_size:
+    length = filled + int((rows['max_tokens'] - rows['written']).max())  # every token it reads
+    if length > block_size:
         return None
     kv_a, kv_b = a['cache']['kv'], b['cache']['kv']
-    kv = kv_a.new_zeros(kv_a.shape[:2] + (len(rows['n_pad']),) + kv_a.shape[3:4] +
-                        (length,) + kv_a.shape[5:])  # (zeros: padding's values are multiplied
-    #                                                     by 0 attention, and 0 * NaN is NaN)
+    shape = list(kv_a.shape)  # (layers, 2, B, heads, length, head_dim)
+    shape[2], shape[4] = len(rows['n_pad']), length
+    kv = kv_a.new_zeros(shape)  # (not empty: padding gets attention 0, and 0 * NaN is NaN)
     for kv_old, where, shift in ((kv_a, slice(0, kv_a.size(2)), filled - a['cache']['len']),
                                  (kv_b, slice(kv_a.size(2), None), filled - b['cache']['len'])):
         kv[:, :, where, :, shift:filled] = kv_old[:, :, :, :, :filled - shift]
@@ -372,6 +372,7 @@ class Handler(BaseHTTPRequestHandler):
     """Answers one connection's requests; the server's app dict holds what they share."""
     protocol_version = 'HTTP/1.1'
     server_version = 'serve.py'
+    timeout = 300  # seconds a connection may sit silent (or not read what it is sent)
 
     def do_GET(self):
         self.answer('GET')
