@@ -189,6 +189,8 @@ def test_bad_requests_get_their_status_and_the_server_goes_on(server):
              (400, dict(good, max_tokens=-3), 'max_tokens'),
              (400, dict(good, messages='hello'), 'messages'),
              (400, dict(good, messages=[dict(role='robot', content='hi')]), 'messages[0]'),
+             (400, dict(good, messages=[dict(role='user', content=['hi'])]), 'messages[0].content'),
+             (400, dict(good, n=2), 'n'), (400, dict(good, stop=['.']), 'stop'),
              (413, b'{"x": "' + b'a' * 2_000_000 + b'"}', None)]               # over max_body
     for status, body, param in cases:
         got, answer = call(server, 'POST', '/v1/chat/completions', body)
@@ -265,6 +267,8 @@ def test_the_page_chats_and_puts_stages_side_by_side(server, tmp_path):
         page = browser.new_page(viewport={'width': 1100, 'height': 700})
         page.goto(server)
         page.wait_for_selector('#model option[value=sft]', state='attached')
+        page.evaluate("window.updates = 0; new MutationObserver(() => window.updates++).observe("
+                      "document.querySelector('#chat-log'), {childList: true, subtree: true})")
         page.fill('#chat-input', 'Tell me where Mira lives. <b id="injected">x</b>')
         page.click('#send')
         page.wait_for_function("document.querySelector('.turn.assistant') && "
@@ -272,6 +276,7 @@ def test_the_page_chats_and_puts_stages_side_by_side(server, tmp_path):
         assert page.query_selector('#injected') is None  # shown as text, not markup
         assert '<b id="injected">' in page.inner_text('.turn.user')
         assert page.inner_text('.turn.assistant').strip() not in ('', '…')
+        assert page.evaluate('window.updates') >= 4  # two turns added, then the answer piece by piece
         page.click('#tab-side')
         page.select_option('#kind', 'harmful')
         page.select_option('#split', 'b')
