@@ -52,6 +52,7 @@ max_tokens = 256          # an answer's most tokens when a request does not say 
 temperature = 0.8         # when a request does not say; 0 = greedy
 max_rows = 64             # requests written at once; more wait for a free row
 max_body = 1_000_000      # bytes: a larger request gets 413
+threads = 0               # the engine's CPU threads; 0: all cores but one (left to the HTTP threads)
 device = 'auto'           # 'auto', 'cpu', 'cuda', 'mps'
 dtype = 'auto'            # 'auto', 'float32', 'bfloat16'
 seed = 1337
@@ -585,6 +586,7 @@ class Server(ThreadingHTTPServer):
 def main():
     configure(globals())
     _, _, dev, autocast = setup(device, dtype, seed)
+    torch.set_num_threads(threads or max(1, torch.get_num_threads() - 1))
     key = api_key or os.environ.get('SERVE_API_KEY', '')
     if not os.path.isdir(out_dir):
         sys.exit(f'error: {out_dir} not found: run bash run.sh first (or set --out_dir)')
