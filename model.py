@@ -344,6 +344,24 @@ def answer_text(enc, tokens):
     return enc.decode([t for t in tokens if t < enc.n_vocab - len(SPECIAL_TOKENS)])
 
 
+def fitting(enc, items, block_size, room, where):
+    """The one rule for prompts as they come (every stage): a prompt, a text or a conversation, is
+    kept when its tokens leave `room` tokens for the answer in block_size; the others are dropped
+    with one line saying so, and if none is left, a one-line error. items: prompts, or rankings
+    ({"prompt": ..., "answers": ...}); returns those kept, in order."""
+    prompts = [item['prompt'] if isinstance(item, dict) else item for item in items]
+    keep = [item for item, p in zip(items, prompts)
+            if len(prompt_tokens(enc, p)) + room <= block_size]
+    why = (f'longer than {block_size - room} tokens (block_size {block_size} less {room} for the '
+           'answer)')
+    if items and not keep:
+        sys.exit(f'error: {where}: all {len(items):,} prompts are {why}: raise block_size '
+                 '(pretrain.py) or lower --max_new_tokens')
+    if len(keep) < len(items) and rank_and_size()[0] == 0:
+        print(f'{where}: dropped {len(items) - len(keep):,} of {len(items):,} prompts {why}')
+    return keep
+
+
 @torch.no_grad()
 def sample_answers(model, enc, prompts, max_new_tokens, temperature=1.0, batch_size=256,
                    progress=None):
