@@ -3,6 +3,8 @@ The chain's report card: every checkpoint answers the same held-out prompts `sam
 and the gold judge (on real data, a judge RM), the round-1 RM and the SFT model (KL to SFT) score
 the answers. Writes out_dir/report.md, report_*.png (with matplotlib) and report/<stage>.json (the
 answers kept: a rerun asks only new checkpoints). README.md: "The report card", "Real data".
+On real data the card adds the win rate at equal length and ranks the stages only when the judge
+RM is measurably above chance on held-out pairs (README: "When the card ranks the stages").
 
   python report.py                                 # every stage of out/ that has a checkpoint
   python report.py --n_eval=50 --stages=sft,rlhf   # fewer prompts, some stages
