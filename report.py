@@ -408,7 +408,9 @@ def gold_card(results, prompts, rm_dir, config):
 def verdict(results, judge, max_new_tokens):
     """What the card may conclude, in words: whether the judge RM (its held-out rm_accuracy, or
     None) is far enough from chance to rank the stages (the rule: the 95% interval of its accuracy
-    lies above 0.5), the ranking if so, the stages whose length moved, those that seldom end."""
+    lies above 0.5), the ranking if so, the stages whose length moved, those that seldom end (not
+    ranked: fewer than half their answers ended)."""
+    seldom = [s for s, r in results.items() if mean(map(float, r['ended'])) < 0.5]
     if judge is None:
         lines = ['No held-out pairs (--eval_rankings): how far the judge RM is from chance is '
                  'unknown, so this card ranks no stage.']
@@ -416,8 +418,8 @@ def verdict(results, judge, max_new_tokens):
         lo, hi = accuracy_interval(judge['acc_label'], judge['label_pairs'])
         said = (f'The judge RM orders {judge["acc_label"]:.1%} of {judge["label_pairs"]} held-out '
                 f'pairs as the labels do (95% interval {lo:.1%} to {hi:.1%})')
-        ranked = sorted((s for s, r in results.items() if s != 'sft' and r['lc_win']),
-                        key=lambda s: -results[s]['lc_win'][0])
+        ranked = sorted((s for s, r in results.items() if s != 'sft' and r['lc_win']
+                         and s not in seldom), key=lambda s: -results[s]['lc_win'][0])
         lines = [said + (
             ': too close to chance to rank the stages (the rule: the interval must lie above '
             '50%). The win rates are not a ranking: the judge needs more pairs or a larger model.'
@@ -426,17 +428,18 @@ def verdict(results, judge, max_new_tokens):
             + ' (stages within two standard errors of each other are not told apart).')]
     sft = results.get('sft')
     for stage, r in results.items():
-        if sft and r['lc_win'] and not 2 / 3 <= r['length'] / max(sft['length'], 1) <= 3 / 2:
+        if not sft or not r['lc_win'] or stage in seldom:
+            continue
+        if not 2 / 3 <= r['length'] / max(sft['length'], 1) <= 3 / 2:  # (the length moved)
             lines.append(f'{stage}: answers of {r["length"]:.0f} tokens against SFT\'s '
                          f'{sft["length"]:.0f}; its win rate {r["win"][0]:.3f} is '
                          f'{r["lc_win"][0]:.3f} at equal length: read that one (an RM that pays '
                          'for length shows in the difference).')
-    seldom = [s for s, r in results.items()
-              if s != 'pretrain' and mean(map(float, r['ended'])) < 0.5]
     if seldom:
         lines.append(f'{", ".join(seldom)}: fewer than half of the answers end within '
                      f'max_new_tokens={max_new_tokens} (column "ended"; a model trained too '
-                     'briefly, or too few new tokens), so their scores say little.')
+                     'briefly, or too few new tokens), so their scores say little and they are '
+                     'not ranked.')
     return lines
 
 

@@ -492,6 +492,9 @@ def test_the_card_ranks_stages_only_with_a_judge_above_chance():
     assert 'ranks no stage' in report.verdict(results, None, 16)[0]
     seldom = report.verdict(dict(results, bestofk=result_row(0.5, 0.5, 16, 2)), None, 16)
     assert seldom[-1].startswith('bestofk: fewer than half of the answers end within max_new_tokens=16')
+    rambling = report.verdict(dict(results, pretrain=result_row(0.2, 0.7, 160, 0)), dict(acc_label=0.62, label_pairs=400), 16)
+    assert 'pretrain' not in rambling[0] and rambling[-1].startswith('pretrain: fewer than half')  # not ranked
+    assert not any(line.startswith('pretrain: answers of') for line in rambling)
 
 
 REALDATA = os.path.join(ROOT, '..', 'shared', 'realdata')
