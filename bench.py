@@ -262,8 +262,9 @@ def serve_speed(url, model, data_dir, streams, max_new_tokens, temperature, roun
             total_tokens += sum(tokens for _, tokens, _ in results)
             firsts += [first for first, _, _ in results]
             rates += [tokens / max(seconds, 1e-9) for _, tokens, seconds in results]
-        print(f'{n:3d} concurrent streams: first token after {sorted(firsts)[len(firsts) // 2]:.3f} s '
-              f'(median), {sum(rates) / len(rates):,.0f} tokens/s each, '
+        median_first = sorted(firsts)[len(firsts) // 2]
+        print(f'{n:3d} concurrent streams: first token after {median_first:.3f} s (median), '
+              f'{sum(rates) / len(rates):,.0f} tokens/s each, '
               f'{total_tokens / total_seconds:,.0f} tokens/s in all '
               f'({total_tokens / rounds / n:.0f} tokens per answer, {rounds} rounds)')
 

@@ -3,6 +3,9 @@ Best-of-K fine-tuning (rejection sampling, "expert iteration"): the SFT model an
 times, the reward model's favourites become demonstrations, the model is fine-tuned on them; and
 inference-time best-of-K, measured. Reads out/sft and out/reward, writes out/bestofk/ckpt.pt;
 killed, the same command goes on. The README explains more ("Best-of-K fine-tuning").
+Real prompts as they come: one leaving no room for max_new_tokens in the context is dropped and
+counted (model.fitting); an answer that does not end within max_new_tokens is never kept, a prompt
+with no ended answer is skipped and counted, and a round that keeps nothing leaves the model as is.
 
   python bestofk.py                       # K = 8
   python bestofk.py --k=16 --rounds=2     # two rounds of expert iteration
@@ -15,9 +18,10 @@ import time
 
 from data import tasks
 from data.hh_rlhf import read_prompts
-from model import (all_gather, answer_examples, answer_text, configure, finetune, load_checkpoint,
-                   load_tokenizer, make_optimizer, rank_and_size, resumable, sample_answers,
-                   sampled_kl, save_checkpoint, save_progress, score_pairs, setup, teardown, wrap)
+from model import (all_gather, answer_examples, answer_text, configure, finetune, fitting,
+                   load_checkpoint, load_tokenizer, make_optimizer, rank_and_size, resumable,
+                   sample_answers, sampled_kl, save_checkpoint, save_progress, score_pairs, setup,
+                   teardown, wrap)
 
 # ----------------------------------------------------------------------------- config
 init_from = 'out/sft'
@@ -56,6 +60,33 @@ def select_best(prompts, answers, scores, k, min_score=float('-inf')):
     return [(p, answers[j]) for p, j in zip(prompts, best) if -math.inf < scores[j] >= min_score]
 
 
+def unended(scores, k):
+    """How many prompts (each k scores in a row) have no answer that ended (all scores -inf)."""
+    return sum(all(s == -math.inf for s in scores[i:i + k]) for i in range(0, len(scores), k))
+
+
+def prompts_to_answer(world, split, n, seed, path, enc, block_size, room):
+    """The first n prompts of the world's split, or of the prompt file, that leave room tokens for
+    the answer in block_size (model.fitting: the others are dropped and counted)."""
+    pool = tasks.prompt_set(world, split, n, seed=seed) if world else read_prompts(path)
+    return fitting(enc, pool, block_size, room, path or f'{split} prompts')[:n or None]
+
+
+def kept_line(r, chosen, n, n_unended, k, max_new_tokens, world):
+    """What round r kept, of n prompts, and why some were skipped (no answer ended, min_score)."""
+    golds = [tasks.score(world, p, a)[0] for p, a in chosen] if world else []
+    gold = f'mean gold {sum(golds) / max(len(golds), 1):.3f}, for the log only; ' if world else ''
+    line = (f'round {r + 1}: kept {len(chosen)} best answers of {n} prompts '
+            f'({gold}the RM chose them)')
+    if n_unended:
+        line += (f'; skipped {n_unended} prompts none of whose {k} answers ended within '
+                 f'max_new_tokens={max_new_tokens}')
+    if not chosen:
+        line += ('\nround {0}: nothing to fine-tune on, the model stays as it was this round '
+                 '(raise --max_new_tokens, train SFT longer, or lower --min_score)').format(r + 1)
+    return line
+
+
 def best_of_k_rows(world, prompts, answers, scores, eval_k):
     """Best-of-K, K = 1, 2, 4, ... eval_k (prompt i's samples at i*eval_k...): gold and RM score of
     the RM's picks, their exact KL, log K - (K-1)/K (Stiennon et al. 2020; Gao et al. 2022)."""
@@ -77,7 +108,7 @@ def held_out_metrics(world, tuned, sampled, k, eval_k):
     prompts, answers, scores, kls, lengths = zip(*tuned)
     finished = [s for s in scores if s > -math.inf]
     metrics = dict(rm_score=sum(finished) / max(len(finished), 1), kl=sum(kls) / len(kls),
-                   length=sum(lengths) / len(lengths),
+                   length=sum(lengths) / len(lengths), ended=len(finished) / len(scores),
                    best_of_k=best_of_k_rows(world, prompts, *zip(*sampled), eval_k))
     summary = tasks.summarize(world, prompts, answers) if world else None
     if summary:
@@ -85,7 +116,8 @@ def held_out_metrics(world, tuned, sampled, k, eval_k):
     judged = tasks.report(summary) + '\n  ' if summary else ''
     print(f'best-of-{k} fine-tuned: held-out {judged}RM score {metrics["rm_score"]:+.3f}, '
           f'KL to SFT {metrics["kl"]:.2f} nats per answer (sampled), '
-          f'length {metrics["length"]:.0f} tokens')
+          f'length {metrics["length"]:.0f} tokens, {metrics["ended"]:.0%} ended (the RM score: '
+          'of those)')
     print('inference-time best-of-K from the SFT model (no fine-tuning):\n'
           '     K   gold    ±     RM score   KL bound')
     for row in metrics['best_of_k']:
@@ -137,20 +169,19 @@ def main():
             if resumed['optimizer'] is not None:
                 optimizer.load_state_dict(resumed['optimizer'])
         else:  # K answers to each prompt, the best kept (and saved at once)
-            prompts = (tasks.prompt_set(world, 'rl', n_prompts, seed=r) if world
-                       else read_prompts(prompt_file, n_prompts))[rank::world_size]
-            _, answers, scores = best_of(model, prompts=prompts, n=k, **sampling,
-                                         desc=f'round {r + 1}: {k} answers per prompt')
-            chosen, start = all_gather(select_best(prompts, answers, scores, k, min_score)), 0
+            prompts = prompts_to_answer(world, 'rl', n_prompts, r, prompt_file, enc,
+                                        model.config.block_size, max_new_tokens)
+            _, answers, scores = best_of(model, prompts=prompts[rank::world_size], n=k,
+                                         **sampling, desc=f'round {r + 1}: {k} answers per prompt')
+            chosen, start = all_gather(select_best(prompts[rank::world_size], answers, scores, k,
+                                                   min_score)), 0
+            n_unended = sum(all_gather([unended(scores, k)]))
             save_progress(path, model, inputs, **about, round=r, iter_num=0, chosen=chosen,
                           optimizer=None)
             if rank == 0:
-                golds = [tasks.score(world, p, a)[0] for p, a in chosen] if world else []
-                gold = f'mean gold {sum(golds) / max(len(golds), 1):.3f}, for the log only; '
-                print(f'round {r + 1}: kept {len(chosen)} best answers of {n_prompts} prompts '
-                      f'({gold if world else ""}the RM chose them)')
-        if not chosen:
-            sys.exit('error: no answer was kept: lower --min_score or raise --max_new_tokens')
+                print(kept_line(r, chosen, len(prompts), n_unended, k, max_new_tokens, world))
+        if not chosen:  # (said in kept_line: this round leaves the model as it was)
+            continue
         # fine-tune on them: a checkpoint every ckpt_interval steps and after the last
         examples = answer_examples(enc, *zip(*chosen), model.config.block_size)
         for it in finetune(wrap(model.train(), device, compile), optimizer, examples, iters,
@@ -160,8 +191,8 @@ def main():
                 save_progress(path, model, inputs, **about, round=r, iter_num=it, chosen=chosen,
                               optimizer=optimizer.state_dict())
     # held-out prompts: the fine-tuned model's answers, its KL to SFT, and eval_k SFT answers each
-    eval_prompts = (tasks.prompt_set(world, 'eval', n_eval) if world
-                    else read_prompts(eval_prompt_file, n_eval))[rank::world_size]
+    eval_prompts = prompts_to_answer(world, 'eval', n_eval, 0, eval_prompt_file, enc,
+                                     model.config.block_size, max_new_tokens)[rank::world_size]
     tokens, answers, scores = best_of(model, prompts=eval_prompts, n=1, **sampling,
                                       desc='answering (fine-tuned)')
     kl = sampled_kl(model, sft_model, enc, eval_prompts, answers, autocast, device)

@@ -10,8 +10,8 @@ import sys
 import time
 from functools import partial
 
-from model import (answer_text, as_messages, configure, fit, load_checkpoint, load_tokenizer,
-                   made_by, prompt_tokens, setup, token_text)
+from model import (answer_text, as_messages, configure, load_checkpoint, load_tokenizer, made_by,
+                   newest_turns, prompt_tokens, setup, token_text)
 
 # ----------------------------------------------------------------------------- config
 ckpt = 'out/sft'          # a stage's directory (holding ckpt.pt) or the path of a .pt file
@@ -54,7 +54,7 @@ def main():
     model.eval()
     enc, block_size = load_tokenizer(checkpoint['tokenizer']), model.config.block_size
     if prompt:
-        messages = fit(enc, as_messages(prompt), block_size, max_new_tokens)
+        messages = newest_turns(enc, as_messages(prompt), block_size, max_new_tokens)
         if messages is None:
             sys.exit('error: the prompt is longer than the model reads '
                      f'(block_size={block_size} tokens)')
@@ -71,7 +71,8 @@ def main():
             print('(conversation forgotten)')
         if line in ('', '/reset'):
             continue
-        messages = fit(enc, history + [dict(role='user', content=line)], block_size, max_new_tokens)
+        messages = newest_turns(enc, history + [dict(role='user', content=line)], block_size,
+                                max_new_tokens)
         if messages is None:
             print(f'(too long: the model reads at most {block_size} tokens; skipped)')
             continue

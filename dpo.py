@@ -6,6 +6,9 @@ Writes out/dpo/ckpt.pt; killed, the same command goes on. The README explains mo
   python dpo.py                 # DPO
   python dpo.py --beta=0.3      # a stronger pull toward SFT (exercise: sweep it, watch KL and gold)
   python dpo.py --loss=ipo      # IPO (Azar et al. 2023): the margin regressed to 1/(2 beta)
+
+A ranking whose prompt leaves no room for max_new_tokens in the context is dropped and counted
+(model.fitting, the rule of every stage); a longer answer is cut at the context's end.
 """
 import os
 import sys
@@ -19,9 +22,9 @@ from tqdm import tqdm
 from data import tasks
 from data.formats import read_rankings, write_jsonl
 from model import (all_gather, all_mean, answer_examples, answer_prompts, answer_text, configure,
-                   epoch_batch, keep_metrics, load_checkpoint, load_tokenizer, log_row, logprobs_of,
-                   lr_at, make_optimizer, rank_and_size, resumable, sampled_kl, save_checkpoint,
-                   save_progress, sequence_logprobs, set_lr, setup, teardown, wrap)
+                   epoch_batch, fitting, keep_metrics, load_checkpoint, load_tokenizer, log_row,
+                   logprobs_of, lr_at, make_optimizer, rank_and_size, resumable, sampled_kl,
+                   save_checkpoint, save_progress, sequence_logprobs, set_lr, setup, teardown, wrap)
 
 # ----------------------------------------------------------------------------- config
 init_from = 'out/sft'         # the policy starts here
@@ -32,7 +35,7 @@ out_dir = 'out/dpo'
 loss = 'dpo'                  # 'dpo' (Rafailov et al. 2023) or 'ipo' (Azar et al. 2023)
 beta = 0.1                    # DPO's beta (IPO's tau): the weight of the pull toward the reference
 n_eval = 400                  # held-out world prompts answered and judged at the end (0: none)
-max_new_tokens = 128
+max_new_tokens = 128          # held-out answers; the room a ranking's prompt must leave
 temperature = 1.0
 # optimization
 batch_size = 8                # prompts per step per process, each with all its answers
@@ -93,8 +96,9 @@ def ranking_examples(enc, rows, block_size):
                            [a for r in rows for a in r['answers']], block_size)
 
 
-def load_inputs(init_from, ref_from, rankings, eval_rankings, device):
-    """The policy, its checkpoint, the frozen reference, the rankings, and every file read."""
+def load_inputs(init_from, ref_from, rankings, eval_rankings, max_new_tokens, device):
+    """The policy, its checkpoint, its tokenizer, the frozen reference, the rankings whose prompts
+    leave max_new_tokens for an answer (model.fitting: the others dropped), and every file read."""
     inputs = [os.path.join(init_from, 'ckpt.pt'), os.path.join(ref_from, 'ckpt.pt')]
     (policy, ckpt), (ref, _) = [load_checkpoint(path, 'python sft.py', device, scalar_head=False)
                                 for path in inputs]
@@ -105,7 +109,10 @@ def load_inputs(init_from, ref_from, rankings, eval_rankings, device):
     train_rows, eval_rows = read_rankings(rankings), read_rankings(eval_rankings)
     if not train_rows:
         sys.exit(f'error: {rankings}: no rankings to learn from')
-    return policy, ckpt, ref.eval().requires_grad_(False), train_rows, eval_rows, inputs
+    enc, block_size = load_tokenizer(ckpt['tokenizer']), policy.config.block_size
+    train_rows = fitting(enc, train_rows, block_size, max_new_tokens, rankings)
+    eval_rows = fitting(enc, eval_rows, block_size, max_new_tokens, eval_rankings)
+    return policy, ckpt, enc, ref.eval().requires_grad_(False), train_rows, eval_rows, inputs
 
 
 def reference_logprobs(ref, train_sets, autocast, device):
@@ -184,11 +191,10 @@ def main():
     config = configure(globals())
     check_flags(loss, beta, eval_interval, ckpt_interval)
     rank, world_size, device, autocast = setup(config['device'], dtype, seed)
-    policy, ckpt, ref, train_rows, eval_rows, inputs = load_inputs(init_from, ref_from, rankings,
-                                                                   eval_rankings, device)
+    policy, ckpt, enc, ref, train_rows, eval_rows, inputs = load_inputs(
+        init_from, ref_from, rankings, eval_rankings, max_new_tokens, device)
     resumed = resumable(out_dir, config, inputs, device)  # a killed run: go on from its checkpoint
-    start = resumed['iter_num'] if resumed else 0
-    enc, block_size = load_tokenizer(ckpt['tokenizer']), policy.config.block_size
+    start, block_size = resumed['iter_num'] if resumed else 0, policy.config.block_size
     train_sets = [ranking_examples(enc, [r], block_size) for r in train_rows]  # a prompt's answers
     data_dir = ckpt.get('data_dir', 'out/data/world')
     t0 = time.time()

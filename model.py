@@ -345,7 +345,7 @@ def answer_text(enc, tokens):
     return enc.decode([t for t in tokens if t < enc.n_vocab - len(SPECIAL_TOKENS)])
 
 
-def fit(enc, messages, block_size, max_new_tokens):
+def newest_turns(enc, messages, block_size, max_new_tokens):
     """The newest turns that fit block_size with max_new_tokens; None if the last alone does not."""
     while len(messages) > 1 and len(prompt_tokens(enc, messages)) + max_new_tokens > block_size:
         messages = messages[2:]  # one user turn and the assistant's answer
@@ -357,6 +357,24 @@ def token_text(enc, utf8, token):
     if token >= enc.n_vocab - len(SPECIAL_TOKENS):
         return ''
     return utf8.decode(enc.decode_single_token_bytes(token))
+
+
+def fitting(enc, items, block_size, room, where):
+    """The one rule for prompts as they come (every stage): a prompt, a text or a conversation, is
+    kept when its tokens leave `room` tokens for the answer in block_size; the others are dropped
+    with one line saying so, and if none is left, a one-line error. items: prompts, or rankings
+    ({"prompt": ..., "answers": ...}); returns those kept, in order."""
+    prompts = [item['prompt'] if isinstance(item, dict) else item for item in items]
+    keep = [item for item, p in zip(items, prompts)
+            if len(prompt_tokens(enc, p)) + room <= block_size]
+    why = (f'longer than {block_size - room} tokens (block_size {block_size} less {room} for the '
+           'answer)')
+    if items and not keep:
+        sys.exit(f'error: {where}: all {len(items):,} prompts are {why}: raise block_size '
+                 '(pretrain.py) or lower --max_new_tokens')
+    if len(keep) < len(items) and rank_and_size()[0] == 0:
+        print(f'{where}: dropped {len(items) - len(keep):,} of {len(items):,} prompts {why}')
+    return keep
 
 
 @torch.no_grad()

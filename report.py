@@ -3,6 +3,8 @@ The chain's report card: every checkpoint answers the same held-out prompts `sam
 and the gold judge (on real data, a judge RM), the round-1 RM and the SFT model (KL to SFT) score
 the answers. Writes out_dir/report.md, report_*.png (with matplotlib) and report/<stage>.json (the
 answers kept: a rerun asks only new checkpoints). README.md: "The report card", "Real data".
+On real data the card adds the win rate at equal length and ranks the stages only when the judge
+RM is measurably above chance on held-out pairs (README: "When the card ranks the stages").
 
   python report.py                                 # every stage of out/ that has a checkpoint
   python report.py --n_eval=50 --stages=sft,rlhf   # fewer prompts, some stages
@@ -20,9 +22,9 @@ from data import tasks
 from data.formats import read_rankings
 from data.hh_rlhf import read_prompts
 from data.tasks import per_prompt, win
-from model import (STAGES, all_gather, answer_prompts, answer_text, configure, input_stamps,
-                   load_checkpoint, load_tokenizer, made_by, rank_and_size, rm_accuracy, sampled_kl,
-                   score_pairs, setup, teardown)
+from model import (STAGES, all_gather, answer_prompts, answer_text, configure, fitting,
+                   input_stamps, load_checkpoint, load_tokenizer, made_by, rank_and_size,
+                   rm_accuracy, sampled_kl, score_pairs, setup, teardown)
 
 # ----------------------------------------------------------------------------- config
 out_dir = 'out'        # reads out_dir/<stage>/ckpt.pt, writes out_dir/report.md and report_*.png
@@ -71,6 +73,7 @@ def answer_and_score(model, sft, rm, judge_rm, enc, world, prompts, max_new_toke
     return dict(summary=tasks.summarize(world, prompts, answers) if world else None,
                 answers=answers, ended=ended, rm=mean(r for i, r, _, _ in rows if ended[i]),
                 kl=mean(row[2] for row in rows), length=mean(map(len, tokens)),
+                lengths=list(map(len, tokens)),
                 judge=None if judge_rm is None else [row[3] for row in rows])
 
 
@@ -78,7 +81,7 @@ def compare_with_sft(results, world, samples):
     """Adds the gain over SFT (paired by prompt) and the win rate vs SFT (by gold or judge RM)."""
     sft = results.get('sft')
     for r in results.values():
-        r['gain'] = r['win'] = None
+        r['gain'] = r['win'] = r['lc_win'] = None
         if sft and world:
             scores, sft_scores = r['summary']['scores'], sft['summary']['scores']
             r['gain'] = tasks.mean_and_stderr([a - b for a, b in zip(
@@ -87,6 +90,38 @@ def compare_with_sft(results, world, samples):
         elif sft:
             wins = list(map(win, r['judge'], sft['judge']))
             r['win'] = tasks.mean_and_stderr(per_prompt(wins, samples))
+            r['lc_win'] = length_controlled_win(
+                wins, [a - b for a, b in zip(r['lengths'], sft['lengths'])], samples)
+
+
+def length_controlled_win(wins, length_diffs, samples, n_boot=200, ridge=1e-2, seed=0):
+    """The win rate at equal length, read as length-controlled AlpacaEval reads it (Dubois et al.
+    2024): a logistic regression of each win (1, a tie 0.5, 0) on tanh(length difference / its
+    std), at a difference of 0: sigmoid(intercept); ± its standard error by a bootstrap over
+    prompts (`samples` answers each, in a row). Newton's method, every bootstrap draw at once (a
+    draw: a weight per answer); a small ridge keeps it finite when one side always wins."""
+    y, d = (torch.tensor(v, dtype=torch.float64) for v in (wins, length_diffs))
+    x = torch.stack([torch.ones_like(d), torch.tanh(d / (d.std(correction=0).item() or 1.0))], 1)
+    n = len(wins) // samples
+    draws = torch.randint(n, (n_boot, n), generator=torch.Generator().manual_seed(seed))
+    counts = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(
+        1, draws, torch.ones(n_boot, n, dtype=torch.float64))  # how often each prompt was drawn
+    weights = torch.cat([torch.ones(1, n, dtype=torch.float64), counts]).repeat_interleave(
+        samples, dim=1)  # row 0: the data itself
+    w, eye = torch.zeros(len(weights), 2, dtype=torch.float64), torch.eye(2, dtype=torch.float64)
+    for _ in range(30):
+        p = torch.sigmoid(w @ x.T)
+        grad = (weights * (p - y)) @ x + ridge * w
+        hessian = torch.einsum('bn,ni,nj->bij', weights * p * (1 - p), x, x) + ridge * eye
+        w = w - torch.linalg.solve(hessian, grad[..., None])[..., 0]
+    won = torch.sigmoid(w[:, 0])
+    return won[0].item(), won[1:].std().item()
+
+
+def accuracy_interval(acc, n):
+    """The 95% interval of a pairwise accuracy over n pairs (normal approximation)."""
+    half = 1.96 * math.sqrt(acc * (1 - acc) / max(n, 1))
+    return acc - half, acc + half
 
 
 def read_metrics(out_dir, stage):
@@ -116,7 +151,8 @@ def read_cache(path, key):
         cached = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-    return cached['result'] if isinstance(cached, dict) and cached.get('key') == key else None
+    found = isinstance(cached, dict) and cached.get('key') == key
+    return cached['result'] if found and 'lengths' in cached['result'] else None  # (older: none)
 
 
 def write_cache(path, key, result):
@@ -161,14 +197,16 @@ def stage_table(results, world):
     rows = []
     for stage, r in results.items():
         scores = [pm(r['gold']), pm(r['gain'], '+')] if world else [pm(r['judged'], '+'),
-                                                                   pm(r['win'])]
+                                                                   pm(r['win']), pm(r['lc_win'])]
         sampled = '-' if r['sampled'] is None else f'{r["sampled"]:,}'
-        rows.append((stage, *scores, fmt(r['rm']), fmt(r['kl'], 2), fmt(r['length'], 1),
+        ended = [] if world else [fmt(mean(map(float, r['ended'])), 2)]
+        rows.append((stage, *scores, fmt(r['rm']), fmt(r['kl'], 2), fmt(r['length'], 1), *ended,
                      *([fmt(r['win'])] if world else []), sampled, duration(r['time'])))
     if world:
         header = ['gold ± se', 'gain over SFT', 'RM score', 'KL to SFT', 'length', 'win vs SFT']
     else:
-        header = ['judge RM score ± se', 'win vs SFT ± se', 'proxy RM score', 'KL to SFT', 'length']
+        header = ['judge RM score ± se', 'win vs SFT ± se', 'win at equal length ± se',
+                  'proxy RM score', 'KL to SFT', 'length', 'ended']
     return table(['stage', *header, 'answers sampled', 'time'], rows)
 
 
@@ -367,6 +405,44 @@ def gold_card(results, prompts, rm_dir, config):
                                 world=True)
 
 
+def verdict(results, judge, max_new_tokens):
+    """What the card may conclude, in words: whether the judge RM (its held-out rm_accuracy, or
+    None) is far enough from chance to rank the stages (the rule: the 95% interval of its accuracy
+    lies above 0.5), the ranking if so, the stages whose length moved, those that seldom end (not
+    ranked: fewer than half their answers ended)."""
+    seldom = [s for s, r in results.items() if mean(map(float, r['ended'])) < 0.5]
+    if judge is None:
+        lines = ['No held-out pairs (--eval_rankings): how far the judge RM is from chance is '
+                 'unknown, so this card ranks no stage.']
+    else:
+        lo, hi = accuracy_interval(judge['acc_label'], judge['label_pairs'])
+        said = (f'The judge RM orders {judge["acc_label"]:.1%} of {judge["label_pairs"]} held-out '
+                f'pairs as the labels do (95% interval {lo:.1%} to {hi:.1%})')
+        ranked = sorted((s for s, r in results.items() if s != 'sft' and r['lc_win']
+                         and s not in seldom), key=lambda s: -results[s]['lc_win'][0])
+        lines = [said + (
+            ': too close to chance to rank the stages (the rule: the interval must lie above '
+            '50%). The win rates are not a ranking: the judge needs more pairs or a larger model.'
+            if lo <= 0.5 else ', above chance, so it may rank them; by win at equal length vs SFT: '
+            + ', '.join(f'{s} {pm(results[s]["lc_win"])}' for s in ranked)
+            + ' (stages within two standard errors of each other are not told apart).')]
+    sft = results.get('sft')
+    for stage, r in results.items():
+        if not sft or not r['lc_win'] or stage in seldom:
+            continue
+        if not 2 / 3 <= r['length'] / max(sft['length'], 1) <= 3 / 2:  # (the length moved)
+            lines.append(f'{stage}: answers of {r["length"]:.0f} tokens against SFT\'s '
+                         f'{sft["length"]:.0f}; its win rate {r["win"][0]:.3f} is '
+                         f'{r["lc_win"][0]:.3f} at equal length: read that one (an RM that pays '
+                         'for length shows in the difference).')
+    if seldom:
+        lines.append(f'{", ".join(seldom)}: fewer than half of the answers end within '
+                     f'max_new_tokens={max_new_tokens} (column "ended"; a model trained too '
+                     'briefly, or too few new tokens), so their scores say little and they are '
+                     'not ranked.')
+    return lines
+
+
 def judge_card(results, prompts, accuracy, rm_dir, judge_dir, config):
     """The card of a chain without a gold judge; accuracy: {RM: rm_accuracy of held-out pairs}."""
     samples = config['samples']
@@ -378,9 +454,17 @@ def judge_card(results, prompts, accuracy, rm_dir, judge_dir, config):
         'stage saw (the proxy/gold split of Gao et al. 2022); the stages learned from the other '
         'half, through the proxy RM ({rm_dir}) or, DPO, from its pairs. Judge RM score: raw, the '
         "mean over prompts ± its standard error. Win vs SFT: the judge scores the answer above "
-        "SFT's answer to the same prompt (the same sample index; ties count half). Proxy RM score: "
+        "SFT's answer to the same prompt (the same sample index; ties count half). Win at equal "
+        'length: the win rate a logistic regression on the length difference predicts at equal '
+        'length (as length-controlled AlpacaEval), ± a bootstrap over prompts. Proxy RM score: '
         'raw, of the answers that ended. KL to SFT: sampled estimate of KL(pi || pi_sft), nats per '
-        'answer.').format(n=len(prompts) // samples, judge_dir=judge_dir, rm_dir=rm_dir, **config),
+        'answer. Ended: the share of answers that end (<|end|>) within {max_new_tokens} tokens; '
+        'the RMs score one that does not as it stands, cut, with <|end|> appended.').format(
+            n=len(prompts) // samples, judge_dir=judge_dir, rm_dir=rm_dir, **config),
+             '', '## What this card can say', '',
+             '\n\n'.join(verdict(results, next((m for name, m in accuracy.items()
+                                             if name.startswith('judge')), None),
+                                   config['max_new_tokens'])),
              '', '## Stages', '', *stage_table(results, world=False)]
     if accuracy:
         rows = [(name, fmt(m['acc_label']), m['label_pairs']) for name, m in accuracy.items()]
@@ -405,7 +489,9 @@ def main():
         sys.exit('error: the SFT model was not trained on the world, so there is no gold judge: '
                  'pass --prompt_file (held-out prompts) and a judge RM (--judge_model), as run.sh '
                  'does with DATA=real')
-    held_out_pairs = read_rankings(eval_rankings)
+    block_size = sft.config.block_size  # (prompts leaving no room for an answer: dropped, counted)
+    held_out_pairs = fitting(enc, read_rankings(eval_rankings), block_size, max_new_tokens,
+                             eval_rankings)
     # the RM of the RM-score column, and on real data the judge RM (its error names its command)
     rm_file = os.path.join(reward_model or os.path.join(out_dir, 'reward'), 'ckpt.pt')
     judge_file = os.path.join(judge_model or os.path.join(out_dir, 'judge'), 'ckpt.pt')
@@ -415,8 +501,9 @@ def main():
         judge_file, JUDGE_COMMAND.format(os.path.dirname(judge_file)), device, scalar_head=True)[0]
     times_path = Path(out_dir, 'stage_times.json')  # {stage: seconds}
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
-    held_out = (tasks.prompt_set(world, 'eval', n_eval) if world
-                else read_prompts(prompt_file, n_eval))
+    held_out = fitting(enc, tasks.prompt_set(world, 'eval', n_eval) if world else
+                       read_prompts(prompt_file), block_size, max_new_tokens,
+                       prompt_file or 'eval prompts')[:n_eval]
     prompts = [p for p in held_out for _ in range(samples)]
     results = {}
     for stage in filter(None, stages.split(',')):

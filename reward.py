@@ -8,6 +8,9 @@ first, K may vary). README: "The reward model", "Bring your own data", "Kill it,
   python reward.py --policy=out/rlhf --init_from=out/reward --out_dir=out/reward2 \
       --rankings=out/reward/rankings.jsonl     # round 2: rank the PPO policy's answers too
   python reward.py --n_prompts=0 --rankings=out/data/hh_rlhf/rankings.jsonl   # your own only
+
+A ranking whose prompt leaves no room for max_new_tokens in the context is dropped and counted
+(model.fitting, the rule of every stage); a longer answer is cut, keeping its <|end|>.
 """
 import itertools
 import json
@@ -23,10 +26,10 @@ from tqdm import tqdm
 
 from data import tasks
 from data.formats import read_rankings, write_jsonl
-from model import (all_gather, answer_rewards, answer_text, configure, epoch_batch, input_stamps,
-                   keep_metrics, load_checkpoint, load_tokenizer, log_row, lr_at, make_optimizer,
-                   rank_and_size, resumable, rm_accuracy, sample_answers, save_checkpoint,
-                   save_progress, set_lr, setup, teardown, wrap)
+from model import (all_gather, answer_rewards, answer_text, configure, epoch_batch, fitting,
+                   input_stamps, keep_metrics, load_checkpoint, load_tokenizer, log_row, lr_at,
+                   make_optimizer, rank_and_size, resumable, rm_accuracy, sample_answers,
+                   save_checkpoint, save_progress, set_lr, setup, teardown, wrap)
 
 # ----------------------------------------------------------------------------- config
 policy = 'out/sft'            # the model whose answers are ranked
@@ -36,7 +39,7 @@ rankings = ''                 # comma-separated ranking files to train on too (e
 n_prompts = 1536              # the world's 'reward' prompts answered and ranked (0: the files only)
 n_eval = 400                  # held-out prompts answered and ranked to evaluate the RM (0: none)
 k = 8                         # answers per prompt, 2 to 9: K-choose-2 pairs each
-max_new_tokens = 128
+max_new_tokens = 128          # (and the room a ranking's prompt must leave for its answer)
 temperature = 1.0             # the policy's sampling temperature
 label_temperature = 0.05      # the labeler's noise: 0 ranks by gold exactly (ties at random)
 sample_batch = 256            # answers sampled at once per process; rankings saved after each
@@ -195,10 +198,11 @@ def main():
     process_rank, world_size, device, autocast = setup(config['device'], dtype, seed)
     if not 2 <= k <= 9:
         sys.exit(f'error: k must be between 2 and 9, not {k}')
-    extra = [(row['prompt'], row['answers']) for row in read_rankings(rankings)]  # (checked first)
+    extra = read_rankings(rankings)  # (checked first: a malformed line stops it at once)
     policy_path, init_path = os.path.join(policy, 'ckpt.pt'), os.path.join(init_from, 'ckpt.pt')
     model, ckpt = load_checkpoint(policy_path, f'python {os.path.basename(policy)}.py', device)
     enc, data_dir = load_tokenizer(ckpt['tokenizer']), ckpt.get('data_dir', 'out/data/world')
+    extra = fitting(enc, extra, model.config.block_size, max_new_tokens, rankings)  # (they fit)
     world = tasks.load_world(data_dir)
     if world is None and (n_prompts or n_eval):
         sys.exit('error: the policy was not trained on the world, so no labeler can rank its '
@@ -217,7 +221,7 @@ def main():
     del model
     if process_rank == 0:
         print(trained_on(train_rows, n_prompts, len(extra), rankings, time.time() - t0))
-    data = [(row['prompt'], row['answers']) for row in train_rows] + extra
+    data = [(row['prompt'], row['answers']) for row in train_rows + extra]
     lengths = [len(str(p)) + max(map(len, answers)) for p, answers in data]  # (characters)
     iters = int(epochs * max(1, len(data) // batch_size)) // world_size
     # the reward model: the policy's transformer with a scalar head (or an earlier RM)

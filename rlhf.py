@@ -7,6 +7,9 @@ group_size times, the KL still in the reward (not GRPO's k3 in the loss). README
   python rlhf.py --beta=0             # no KL penalty: the RM score rises and the gold score falls
   python rlhf.py --init_from=out/rlhf --reward_model=out/reward2 --out_dir=out/rlhf2  # round 2
   python rlhf.py --advantage=rloo --out_dir=out/rloo   # critic-free: RLOO (or grpo)
+
+Real prompts as they come: one leaving no room for max_new_tokens in the context is dropped and
+counted (model.fitting); an answer that does not end within max_new_tokens gets unfinished_reward.
 """
 import copy
 import os
@@ -18,9 +21,10 @@ from tqdm import tqdm
 
 from data import formats, prepare, tasks
 from data.hh_rlhf import read_prompts
-from model import (all_gather, all_mean, answer_text, configure, keep_metrics, load_checkpoint,
-                   load_tokenizer, log_row, make_optimizer, prompt_tokens, rank_and_size, raw_model,
-                   resumable, save_checkpoint, save_progress, setup, teardown, token_logprobs, wrap)
+from model import (all_gather, all_mean, answer_text, configure, fitting, keep_metrics,
+                   load_checkpoint, load_tokenizer, log_row, make_optimizer, prompt_tokens,
+                   rank_and_size, raw_model, resumable, save_checkpoint, save_progress, setup,
+                   teardown, token_logprobs, wrap)
 
 # ----------------------------------------------------------------------------- config
 init_from = 'out/sft'         # the policy starts here (round 2: out/rlhf)
@@ -290,15 +294,20 @@ def check_config(advantage, eval_interval, ckpt_interval, temperature, group_siz
                          f'({batch_size})')
 
 
-def load_prompts(world, prompt_file, eval_prompt_file, n_prompts, n_eval):
-    """(the 'rl' prompts, the held-out ones): the world's, or without one the prompt files'."""
+def load_prompts(world, prompt_file, eval_prompt_file, n_prompts, n_eval, enc, block_size, room):
+    """(the 'rl' prompts, the held-out ones): the world's, or without one the prompt files'; those
+    leaving room tokens for the answer in block_size (model.fitting drops the others, counted)."""
     if world:
-        return tasks.prompt_set(world, 'rl', n_prompts), tasks.prompt_set(world, 'eval', n_eval)
-    if not (prompt_file and eval_prompt_file):
+        sets = (tasks.prompt_set(world, 'rl', n_prompts), 'rl prompts', n_prompts), \
+               (tasks.prompt_set(world, 'eval', n_eval), 'eval prompts', n_eval)
+    elif not (prompt_file and eval_prompt_file):
         raise SystemExit('error: the policy was not trained on the world: pass --prompt_file and '
                          '--eval_prompt_file, JSONL of {"prompt": "..."} (data/hh_rlhf.py writes '
                          'them)')
-    return read_prompts(prompt_file, n_prompts), read_prompts(eval_prompt_file, n_eval)
+    else:
+        sets = (read_prompts(prompt_file), prompt_file, n_prompts), \
+               (read_prompts(eval_prompt_file), eval_prompt_file, n_eval)
+    return tuple(fitting(enc, pool, block_size, room, where)[:n or None] for pool, where, n in sets)
 
 
 def prompts_of(it, prompts, n, repeats):
@@ -367,7 +376,8 @@ def main():
     end = torch.tensor(enc.encode_single_token('<|end|>'), device=device)
     data_dir = ckpt.get('data_dir', 'out/data/world')
     world = tasks.load_world(data_dir)
-    rl_prompts, eval_prompts = load_prompts(world, prompt_file, eval_prompt_file, n_prompts, n_eval)
+    rl_prompts, eval_prompts = load_prompts(world, prompt_file, eval_prompt_file, n_prompts, n_eval,
+                                            enc, policy.config.block_size, max_new_tokens)
     ptx_tokens = (prepare.load_tokens(ptx_data, 'train', policy.config.block_size)[0]
                   if ptx_coef > 0 else None)
     opt_policy = make_optimizer(policy, lr, 0.0, device)

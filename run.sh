@@ -15,6 +15,10 @@
 #   DATA=real bash run.sh                            # downloads TinyStories (or CORPUS=shakespeare, c4), Alpaca, HH-RLHF
 #   DATA=real CORPUS_FILE=a.txt ALPACA_FILE=alpaca_data.json HH_FILE=train.jsonl.gz bash run.sh   # local files
 #   DATA=real PRESET=config/real_tiny ... bash run.sh   # the tiny sizes of the tests
+#   DATA=real PRESET=config/real_tiny CORPUS=c4wiki OUT=out/realfiles \   # the real files of ../shared/realdata
+#     CORPUS_FILE=../shared/realdata/c4_demo.jsonl,../shared/realdata/wiki_demo.txt \
+#     ALPACA_FILE=../shared/realdata/alpaca_en_demo.json HH_FILE=../shared/realdata/hh_harmless_test.jsonl.gz bash run.sh
+#   (PRESET=config/real_cpu: the same on the default model, a CPU run; README: "Real data, end to end")
 # (file paths are relative to this folder, as OUT is; CORPUS_FILE may name several, comma-separated)
 #
 # Each stage reads its preset $PRESET/<script>.py when there is one. Wall times go to

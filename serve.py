@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from data import tasks
-from model import (STAGES, configure, drop_rows, fit, load_checkpoint, load_tokenizer, made_by,
-                   prompt_tokens, sample, score_pairs, setup, token_text)
+from model import (STAGES, configure, drop_rows, load_checkpoint, load_tokenizer, made_by,
+                   newest_turns, prompt_tokens, sample, score_pairs, setup, token_text)
 
 # ----------------------------------------------------------------------------- config
 out_dir = 'out'           # the chain's output folder: every <stage>/ckpt.pt under it is served
@@ -52,7 +52,7 @@ max_tokens = 256          # an answer's most tokens when a request does not say 
 temperature = 0.8         # when a request does not say; 0 = greedy
 max_rows = 64             # requests written at once; more wait for a free row
 max_body = 1_000_000      # bytes: a larger request gets 413
-threads = 0               # the engine's CPU threads; 0: all cores but one (left to the HTTP threads)
+threads = 0               # the engine's CPU threads; 0: all cores but one (one for HTTP threads)
 device = 'auto'           # 'auto', 'cpu', 'cuda', 'mps'
 dtype = 'auto'            # 'auto', 'float32', 'bfloat16'
 seed = 1337
@@ -521,7 +521,7 @@ class Handler(BaseHTTPRequestHandler):
         name, messages, settings = read_chat(body, names, app['temperature'])
         model, enc, _ = self.policy(name)
         block_size, wanted = model.config.block_size, settings.pop('max_tokens')
-        kept = fit(enc, messages, block_size, wanted or app['max_tokens'])
+        kept = newest_turns(enc, messages, block_size, wanted or app['max_tokens'])
         if kept is None:
             raise ApiError(400, f'the last message is longer than {name} reads (block_size='
                            f'{block_size} tokens)', param='messages',

@@ -2,7 +2,7 @@
 Downloads a real pretraining corpus as UTF-8 text for data/prepare.py: <out_dir>/<name>.txt,
 documents separated by lines holding only <|endoftext|>. Then run the command it prints last.
 
-  python data/corpus.py                        # tiny Shakespeare (1 MB, one document): a first run
+  python data/corpus.py                        # tiny Shakespeare (1 MB, cut in 10k characters)
   python data/corpus.py --name=tinystories     # TinyStories' validation split (19 MB, ~22k stories)
   python data/corpus.py --name=c4              # C4 English web text, for GPUs: 1 of 1024 shards
   python data/corpus.py --name=c4 --shards=32  # first 32 (each 0.3 GB, ~356k docs, ~150M tokens)
@@ -10,6 +10,9 @@ documents separated by lines holding only <|endoftext|>. Then run the command it
 
 Files named .json/.jsonl(.gz) hold JSON lines with a "text" string (C4's format), others text in
 the format above. A malformed file is an error naming file:line, and nothing is written.
+A document longer than max_doc_chars (plain text without <|endoftext|> lines is one document: a
+book, a dump) is cut into documents of at most that many characters, each cut at the last blank
+line in the second half of that length, else the last line end, else sentence end, else space.
 """
 import gzip
 import itertools
@@ -35,6 +38,7 @@ name = 'shakespeare'       # 'shakespeare', 'tinystories', 'c4'; with --file any
 file = ''                  # comma-separated files (JSON lines or text, see above); empty: download
 shards = 1                 # c4 only: how many of its 1024 training shards to download
 max_docs = 0               # keep only the first this many documents; 0: all
+max_doc_chars = 10000      # longer documents are cut into documents of at most this; 0: never
 out_dir = 'out/data/raw'   # <name>.txt, and the downloads, kept, in download/
 # -----------------------------------------------------------------------------
 
@@ -57,6 +61,20 @@ def jsonl_documents(path):
         sys.exit(f'error: {path}:{n + 1}: not a whole gzip file ({e})')
 
 
+def pieces(doc, max_chars):
+    """The document cut into pieces of at most max_chars characters (0: never cut): each cut at the
+    last blank line in the second half of max_chars, else line end, else sentence end, else space
+    (else at max_chars)."""
+    out = []
+    while max_chars and len(doc) > max_chars:
+        head = doc[:max_chars]
+        ends = (head.rfind(sep) + len(sep) for sep in ('\n\n', '\n', '. ', ' '))
+        cut = next((end for end in ends if end > max_chars // 2), max_chars)
+        out.append(doc[:cut].strip())
+        doc = doc[cut:].strip()
+    return out + [doc]
+
+
 def main():
     model.configure(globals())
     if file:
@@ -74,7 +92,8 @@ def main():
         sys.exit(f'error: {", ".join(missing)} not found')
     readers = (jsonl_documents(path) if path.endswith(('.json', '.jsonl', '.json.gz', '.jsonl.gz'))
                else read_documents([path]) for path in paths)
-    docs = (doc.strip() for reader in readers for doc in reader)
+    docs = (piece for reader in readers for doc in reader for piece in pieces(doc.strip(),
+                                                                              max_doc_chars))
     os.makedirs(out_dir, exist_ok=True)
     out = os.path.join(out_dir, f'{name}.txt')
     n_docs = n_chars = 0
@@ -90,7 +109,9 @@ def main():
             os.remove(out + '.tmp')
         raise
     os.replace(out + '.tmp', out)
-    print(f'{out}: {n_docs:,} documents, {n_chars:,} characters from {", ".join(paths)}\nnext:\n'
+    longest = f' (at most {max_doc_chars:,} characters each)' if max_doc_chars else ''
+    print(f'{out}: {n_docs:,} documents{longest}, {n_chars:,} characters from {", ".join(paths)}'
+          '\nnext:\n'
           f'python data/prepare.py --text_files={out} --tokenizer=gpt2 --out_dir=out/data/{name}')
 
 

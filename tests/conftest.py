@@ -7,12 +7,15 @@ import sys
 import time
 
 import pytest
+import torch
 
 from data import world
 from data.bpe import save_bpe, train_bpe
 from model import SPLIT_PATTERN, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', 1)) > 1:
+    torch.set_num_threads(1)  # one thread per worker (pytest -n 2): no two workers share a core
 
 
 def run_script(*args, check=True):

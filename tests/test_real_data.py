@@ -11,7 +11,10 @@ import sys
 
 import pytest
 
-from data import alpaca, hh_rlhf, tasks, world, world_as_real
+import bestofk
+import model
+import report
+from data import alpaca, corpus, hh_rlhf, tasks, world, world_as_real
 from data.prepare import read_documents
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,8 +230,9 @@ def corpus_text(n_docs=260):
 
 
 def alpaca_records():
+    """Short answers, and long ones (as real demonstrations are): a briefly trained model's answers may not end."""
     return [dict(instruction=f'How do I {topic}?', input='' if i % 3 else f'I am in the {place}.',
-                 output=f'Ask {person}.' if i % 2 else f'Go slowly, with {person}.')
+                 output=f'Ask {person}.' if i % 2 else f'Go slowly, with {person}. ' + (RAMBLE if i % 4 == 0 else ''))
             for i, (topic, place, person) in enumerate(zip(TOPICS[:11] * 3, PLACES * 5, PEOPLE * 5))]
 
 
@@ -242,6 +246,15 @@ HH_FIXTURE = (  # one-turn requests (harmful ones get a refusal as the chosen an
         conversation(f'Hello, I am {p}.', 'Hi! How can I help?', f'Where is the {place}?', 'Who cares.'))
        for p, place in zip(PEOPLE, PLACES)])
 HH_FIXTURE += [HH_FIXTURE[0], HH_FIXTURE[-1]]  # a repeated pair goes where its first copy went
+# where real data bites: long multi-turn conversations and long one-turn prompts (longer than the context)
+RAMBLE = ' '.join(f'{p} {d} the {place} and then the {place} again.' for p, d, place in zip(PEOPLE, DEEDS, PLACES))
+HH_FIXTURE += (
+    [(conversation(f'Hi, I am {p}.', RAMBLE, f'Tell me about the {place}.', RAMBLE, 'Why?', f'The {place} is old.'),
+      conversation(f'Hi, I am {p}.', RAMBLE, f'Tell me about the {place}.', RAMBLE, 'Why?', 'Nobody knows.'))
+     for p, place in zip(PEOPLE, PLACES[::-1])]
+    + [(conversation(f'{p} says: {RAMBLE} What do you think of {t}?', 'It is fine.'),
+        conversation(f'{p} says: {RAMBLE} What do you think of {t}?', 'Go away.'))
+       for p, t in zip(PEOPLE, TOPICS[3:])])
 
 
 def write_hh(path):
@@ -250,11 +263,15 @@ def write_hh(path):
 
 
 def write_fixtures(tmp_path):
-    """{env var: path} of a C4-style .json.gz corpus, an Alpaca JSON array and an HH-RLHF .jsonl.gz."""
-    corpus, alpaca_file = tmp_path / 'c4-train.00000-of-01024.json.gz', tmp_path / 'alpaca_data.json'
-    corpus.write_bytes(gzip.compress(''.join(json.dumps(dict(text=t, url='x')) + '\n' for t in corpus_text()).encode()))
+    """{env var: path} of a C4-style .json.gz corpus and a plain text without separators (as wiki_demo.txt: a
+    line per article, no blank line, no <|endoftext|>), an Alpaca JSON array and an HH-RLHF .jsonl.gz."""
+    c4, plain = tmp_path / 'c4-train.00000-of-01024.json.gz', tmp_path / 'wiki.txt'
+    c4.write_bytes(gzip.compress(''.join(json.dumps(dict(text=t, url='x')) + '\n' for t in corpus_text()).encode()))
+    plain.write_text(''.join(' '.join(corpus_text(150)[i::3]) + '\n' for i in range(3)), encoding='utf-8')
+    alpaca_file = tmp_path / 'alpaca_data.json'
     alpaca_file.write_text(json.dumps(alpaca_records(), indent=4))
-    return dict(CORPUS_FILE=str(corpus), ALPACA_FILE=str(alpaca_file), HH_FILE=str(write_hh(tmp_path / 'train.jsonl.gz')))
+    return dict(CORPUS_FILE=f'{c4},{plain}', ALPACA_FILE=str(alpaca_file),
+                HH_FILE=str(write_hh(tmp_path / 'train.jsonl.gz')))
 
 
 def run_real_chain(out, files):
@@ -262,6 +279,7 @@ def run_real_chain(out, files):
            'OMP_NUM_THREADS': '1', **files}
     result = subprocess.run(['bash', 'run.sh'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
     return result.stdout
 
 
@@ -303,12 +321,26 @@ def test_the_real_chain_on_fixtures_then_the_report_resumes(tmp_path):
         assert row['proxy RM score'] == '-' or math.isfinite(float(row['proxy RM score']))
     assert rows['sft']['win vs SFT ± se'] == '0.500 ± 0.000' and rows['sft']['KL to SFT'] == '0.00'
     assert rows['bestofk']['answers sampled'] == '16' and rows['rlhf']['answers sampled'] == '16'
-    held_out = read_jsonl(out / 'data' / 'hh_rlhf' / 'eval_rankings.jsonl')
+    # prompts longer than the context (block_size 128 less 16 new tokens): dropped and counted by every stage
+    enc, hh = model.load_tokenizer(str(out / 'data' / 'text' / 'tokenizer.bpe')), out / 'data' / 'hh_rlhf'
+    fits = {name: model.fitting(enc, [r['prompt'] for r in read_jsonl(hh / f'{name}.jsonl')], 128, 16, name)
+            for name in ('rankings', 'judge_rankings', 'eval_rankings', 'prompts', 'eval_prompts')}
+    for name, count in (('rankings', 2), ('judge_rankings', 1), ('prompts', 2)):  # reward, dpo; judge; bestofk, rlhf
+        n = len(read_jsonl(hh / f'{name}.jsonl'))
+        said = f'/{name}.jsonl: dropped {n - len(fits[name])} of {n} prompts longer than 112 tokens'
+        assert len(fits[name]) < n and stdout.count(said) == count, name
     for rm in ('proxy', 'judge'):
         row = rows[f'{rm} ({out}/{"reward" if rm == "proxy" else rm})']
-        assert 0 <= float(row['accuracy']) <= 1 and row['pairs'] == str(len(held_out))
-    n_prompts = len(read_jsonl(out / 'data' / 'hh_rlhf' / 'eval_prompts.jsonl')[:6])
-    assert report.count('### ') == 2 and f'{n_prompts} held-out prompts' in report
+        assert 0 <= float(row['accuracy']) <= 1 and row['pairs'] == str(len(fits['eval_rankings']))
+    assert report.count('### ') == 2 and f'{len(fits["eval_prompts"][:6])} held-out prompts' in report
+    # answers that do not end: counted; the card says what it can conclude, with a win rate at equal length
+    assert re.search(r'^round 1: kept \d+ best answers of 8 prompts', stdout, flags=re.M)
+    for row in map(rows.get, POLICIES):
+        assert 0 <= float(row['ended']) <= 1 and 0 <= numbers(row['win at equal length ± se'])[0] <= 1
+    assert 'too close to chance to rank the stages' in report or 'so it may rank them' in report
+    # plain text with no separators: cut into documents of at most 10,000 characters
+    documents = int(re.search(r'raw/\w+\.txt: ([\d,]+) documents', stdout).group(1).replace(',', ''))
+    assert documents >= len(corpus_text()) + 3
 
     # after a kill, or when one stage changed, the report answers again only with the checkpoints it has not seen
     cached = json.loads((out / 'report' / 'dpo.json').read_text())
@@ -331,6 +363,26 @@ def test_the_real_chain_on_fixtures_then_the_report_resumes(tmp_path):
                                 env={**os.environ, 'OMP_NUM_THREADS': '1'})
         assert result.returncode == 1 and result.stderr.startswith('error: ') and '--prompt_file' in result.stderr
     assert not (tmp_path / 'no_prompts').exists()
+
+    # a malformed input, or one where no prompt fits: one line naming the file (and line), no traceback, nothing written
+    bad_prompts, bad_rankings, long_prompts = (tmp_path / f'{name}.jsonl' for name in ('bad', 'bad_rankings', 'long'))
+    bad_prompts.write_text('{"prompt": "Hi?"}\n{"prompt": ["Hi?"]}\n')
+    bad_rankings.write_text('{"prompt": "Hi?", "answers": ["a", "b"]}\n{"prompt": "Hi?", "answers": ["a"]}\n')
+    long_prompts.write_text(json.dumps({'prompt': RAMBLE}) + '\n')
+    for script, args, said in (
+            ('rlhf.py', [f'--init_from={out}/sft', f'--ref_from={out}/sft', f'--reward_model={out}/reward',
+                         f'--prompt_file={bad_prompts}', f'--eval_prompt_file={bad_prompts}'],
+             f'{bad_prompts}:2: "prompt" must be a text'),
+            ('reward.py', [f'--policy={out}/sft', f'--init_from={out}/sft', '--n_prompts=0', '--n_eval=0',
+                           f'--rankings={bad_rankings}'], f'{bad_rankings}:2: "answers" must be a list'),
+            ('bestofk.py', [f'--init_from={out}/sft', f'--reward_model={out}/reward', f'--prompt_file={long_prompts}',
+                            f'--eval_prompt_file={long_prompts}', '--max_new_tokens=16'],
+             f'{long_prompts}: all 1 prompts are longer than 112 tokens')):
+        result = subprocess.run([sys.executable, script, *args, f'--out_dir={tmp_path}/bad'], cwd=ROOT,
+                                capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+        assert result.returncode == 1 and result.stderr.startswith(f'error: {said}'), (script, result.stderr)
+        assert 'Traceback' not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / 'bad').exists()
 
 
 def test_the_world_in_the_formats_of_real_data_and_its_gold_check(tmp_path, monkeypatch):
@@ -359,3 +411,105 @@ def test_the_world_in_the_formats_of_real_data_and_its_gold_check(tmp_path, monk
     assert table['stage'][0][0] > table['sft'][0][0] and table['stage'][2] == (1.0, 0.0) and agree == 1.0 and n > 0
     results['stage']['judge'] = [-1.0] * 6  # a judge RM that prefers the empty answers
     assert world_as_real.gold_beside_judge(w, prompts, results, 2)[1] == 0.0
+
+
+# ----------------------------------------------------------------------------- real data where it bites
+def test_one_rule_drops_and_counts_prompts_that_leave_no_room(enc, capsys):
+    """model.fitting: texts, conversations and rankings whose prompt leaves `room` tokens in block_size are kept."""
+    short, long_text = 'Where does Ada live?', ' '.join(['word'] * 100)
+    talk = [dict(role='user', content='Hi.'), dict(role='assistant', content=long_text), dict(role='user', content='So?')]
+    items = [short, long_text, talk, dict(prompt=short, answers=['a', 'b']), dict(prompt=talk, answers=['a', 'b'])]
+    assert model.fitting(enc, items, 64, 16, 'f.jsonl') == [short, items[3]]
+    assert capsys.readouterr().out == ('f.jsonl: dropped 3 of 5 prompts longer than 48 tokens '
+                                       '(block_size 64 less 16 for the answer)\n')
+    n = len(model.prompt_tokens(enc, short))
+    assert model.fitting(enc, [short], n + 16, 16, 'f.jsonl') == [short] and capsys.readouterr().out == ''
+    with pytest.raises(SystemExit) as e:  # none fits: one line saying what to change
+        model.fitting(enc, [short], n + 15, 16, 'f.jsonl')
+    assert str(e.value.code) == (f'error: f.jsonl: all 1 prompts are longer than {n - 1} tokens (block_size '
+                                 f'{n + 15} less 16 for the answer): raise block_size (pretrain.py) or lower --max_new_tokens')
+    assert model.fitting(enc, [], 64, 16, 'f.jsonl') == []
+
+
+def test_best_of_k_skips_and_counts_prompts_with_no_ended_answer():
+    inf = float('inf')
+    scores = [-inf, -inf, 0.3, -inf, -inf, -inf]  # prompts a, b, c, K = 2: only b has an answer that ended
+    assert bestofk.unended(scores, 2) == 2
+    assert bestofk.select_best(['a', 'b', 'c'], ['a1', 'a2', 'b1', 'b2', 'c1', 'c2'], scores, 2) == [('b', 'b1')]
+    line = bestofk.kept_line(0, [('b', 'b1')], 3, 2, 2, 16, None)
+    assert line == ('round 1: kept 1 best answers of 3 prompts (the RM chose them); skipped 2 prompts none of '
+                    'whose 2 answers ended within max_new_tokens=16')
+    nothing = bestofk.kept_line(1, [], 3, 3, 2, 16, None).splitlines()
+    assert len(nothing) == 2 and nothing[1].startswith('round 2: nothing to fine-tune on') and '--max_new_tokens' in nothing[1]
+
+
+def test_plain_text_without_separators_is_cut_into_documents(tmp_path, monkeypatch, capsys):
+    text = ''.join(f'Article {i}. ' + ' '.join(f'Sentence {j} of {i}.' for j in range(600)) + '\n' for i in range(3))
+    pieces = corpus.pieces(text.strip(), 1000)
+    assert all(len(p) <= 1000 for p in pieces) and len(pieces) > len(text) // 1000
+    assert ' '.join(pieces).split() == text.split()  # nothing lost, cut at spaces only
+    assert all(p.endswith('.') for p in pieces)  # at sentence ends (no blank line or line end in reach)
+    assert corpus.pieces('aaaaaa\n\nbb\ncc dd ee', 12) == ['aaaaaa', 'bb\ncc dd ee']  # the blank line first
+    assert corpus.pieces('short', 0) == ['short'] == corpus.pieces('short', 10)
+    (tmp_path / 'wiki.txt').write_text(text, encoding='utf-8')
+    for key in ('file', 'name', 'max_doc_chars', 'out_dir'):  # (main sets them: restored after the test)
+        monkeypatch.setattr(corpus, key, getattr(corpus, key))
+    monkeypatch.setattr(sys, 'argv', ['corpus.py', f'--file={tmp_path / "wiki.txt"}', '--name=wiki',
+                                      '--max_doc_chars=2000', f'--out_dir={tmp_path}'])
+    corpus.main()
+    docs = list(read_documents([str(tmp_path / 'wiki.txt')]))
+    assert len(docs) >= len(text) // 2000 and max(map(len, docs)) <= 2000
+    assert f'{len(docs)} documents (at most 2,000 characters each)' in capsys.readouterr().out
+
+
+def test_win_at_equal_length():
+    """A judge that only likes shorter answers: the raw win rate is high for a stage that got shorter, its win
+    rate at equal length is not; a stage that wins at every length keeps it; SFT against itself: 0.5 ± 0."""
+    rng = random.Random(0)
+    diffs = [rng.randint(-30, 5) for _ in range(400)]  # mostly shorter than SFT's answer
+    shorter_wins = [1.0 if d < 0 else 0.0 for d in diffs]
+    raw = sum(shorter_wins) / len(diffs)
+    lc, se = report.length_controlled_win(shorter_wins, diffs, samples=4)
+    assert raw > 0.8 and lc < 0.5 and 0 < se < 0.2, (raw, lc, se)
+    always = [1.0 if rng.random() < 0.8 else 0.0 for _ in diffs]
+    lc, se = report.length_controlled_win(always, diffs, samples=4)
+    assert abs(lc - 0.8) < 0.08 and se > 0, lc
+    assert report.length_controlled_win([0.5] * 40, [0] * 40, samples=4) == (0.5, 0.0)
+
+
+def result_row(win, lc, length, ended):
+    return dict(win=(win, 0.03), lc_win=(lc, 0.03), length=length, ended=[True] * ended + [False] * (10 - ended))
+
+
+def test_the_card_ranks_stages_only_with_a_judge_above_chance():
+    results = dict(sft=result_row(0.5, 0.5, 80, 9), dpo=result_row(0.6, 0.58, 82, 9), rlhf=result_row(0.71, 0.45, 12, 10))
+    near = report.verdict(results, dict(acc_label=0.55, label_pairs=200), 16)
+    assert 'too close to chance to rank the stages' in near[0] and 'rlhf' not in near[0]
+    far = report.verdict(results, dict(acc_label=0.62, label_pairs=400), 16)
+    assert 'so it may rank them' in far[0] and far[0].index('dpo 0.580') < far[0].index('rlhf 0.450')
+    assert any(line.startswith("rlhf: answers of 12 tokens against SFT's 80") for line in far)  # length moved
+    assert report.accuracy_interval(0.6, 400) == pytest.approx((0.552, 0.648), abs=1e-3)
+    assert 'ranks no stage' in report.verdict(results, None, 16)[0]
+    seldom = report.verdict(dict(results, bestofk=result_row(0.5, 0.5, 16, 2)), None, 16)
+    assert seldom[-1].startswith('bestofk: fewer than half of the answers end within max_new_tokens=16')
+    rambling = report.verdict(dict(results, pretrain=result_row(0.2, 0.7, 160, 0)), dict(acc_label=0.62, label_pairs=400), 16)
+    assert 'pretrain' not in rambling[0] and rambling[-1].startswith('pretrain: fewer than half')  # not ranked
+    assert not any(line.startswith('pretrain: answers of') for line in rambling)
+
+
+REALDATA = os.path.join(ROOT, '..', 'shared', 'realdata')
+
+
+@pytest.mark.skipif(not os.path.isdir(REALDATA), reason='no ../shared/realdata (real public files) here')
+def test_the_real_chain_on_the_real_files(tmp_path):
+    """The chain of real data on real public files (config/real_tiny): to the end, each problem said in a line."""
+    files = dict(CORPUS='c4wiki', CORPUS_FILE=','.join(os.path.join(REALDATA, f) for f in ('c4_demo.jsonl', 'wiki_demo.txt')),
+                 ALPACA_FILE=os.path.join(REALDATA, 'alpaca_en_demo.json'),
+                 HH_FILE=os.path.join(REALDATA, 'hh_harmless_test.jsonl.gz'))
+    stdout = run_real_chain(tmp_path / 'out', files)
+    assert re.findall(r'^== (\w+): done', stdout, flags=re.M) == STAGES
+    assert int(re.search(r'c4wiki\.txt: ([\d,]+) documents', stdout).group(1).replace(',', '')) > 301  # wiki: cut
+    assert re.search(r'/rankings\.jsonl: dropped [\d,]+ of 1,020 prompts longer than 112 tokens', stdout)
+    assert re.search(r'^round 1: kept \d+ best answers', stdout, flags=re.M)
+    text = (tmp_path / 'out' / 'report.md').read_text()
+    assert '## What this card can say' in text and 'win at equal length ± se' in text
