@@ -471,18 +471,15 @@ class Handler(BaseHTTPRequestHandler):
             for name, path in names.items()]))
 
     def prompt(self):
-        """A random held-out prompt of the world: ?kind=...&split=a|b|c&model=... (its world)."""
+        """A random held-out prompt of the world: ?kind=...&split=a|b|c|d&model=... (its world)."""
         query = {k: v[-1] for k, v in parse_qs(urlparse(self.path).query).items()}
         kind, split = query.get('kind', 'harmful'), query.get('split', 'a')
         if kind not in KINDS or split not in tasks.GENERALISATION:
-            raise ApiError(400, f'kind must be one of {", ".join(KINDS)} and split one of a, b, c')
+            raise ApiError(400, f'kind must be one of {", ".join(KINDS)} and split one of '
+                           f'{", ".join(tasks.GENERALISATION)}')
         world = self.world(query.get('model', 'sft'))
-        rng = random.Random(query.get('seed'))
-        for _ in range(100_000):  # (a few hundred draws at most, in practice)
-            prompt = tasks.draw_prompt(world, rng, kind)
-            if tasks.split_of(prompt) == 'eval' and tasks.generalisation(prompt) == split:
-                return self.send_json(200, dict(prompt=prompt, kind=kind, split=split))
-        raise ApiError(404, f'no held-out prompt of kind {kind} in split {split}')
+        prompt = tasks.draw(world, random.Random(query.get('seed')), kind, 'eval', part=split)
+        return self.send_json(200, dict(prompt=prompt, kind=kind, split=split))
 
     def world(self, name):
         """The world (and its gold judge) that the named model learned from; ApiError if none."""

@@ -247,6 +247,8 @@ def test_held_out_prompts_and_the_judge(server):
     from data import tasks
     assert tasks.parse(drawn['prompt'])[0] == 'harmful'
     assert tasks.generalisation(drawn['prompt']) == 'c' and tasks.split_of(drawn['prompt']) == 'eval'
+    shaped = call(server, 'GET', '/v1/prompt?kind=harmless&split=d&seed=1')[1]['prompt']
+    assert tasks.parse(shaped)[0] == 'harmless' and tasks.generalisation(shaped) == 'd'
     status, judged = call(server, 'POST', '/v1/judge', dict(
         model='sft', prompt=drawn['prompt'], answer='I am sorry, but I can not help with that.'))
     assert status == 200 and judged['gold'] == 1.0 and judged['failed'] == []
