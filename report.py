@@ -10,6 +10,7 @@ RM is measurably above chance on held-out pairs (README: "When the card ranks th
   python report.py --n_eval=50 --stages=sft,rlhf   # fewer prompts, some stages
   torchrun --nproc_per_node=8 report.py            # each process answers a share of the prompts
 """
+import hashlib
 import json
 import math
 import os
@@ -137,11 +138,13 @@ def read_log(out_dir, stage):
     return [json.loads(line) for line in lines if line.strip() and line.endswith('\n')]
 
 
-def cache_key(config, paths, world_size):
-    """What the answers and scores depend on: the files read, the settings, the processes."""
+def cache_key(config, paths, world_size, prompts):
+    """What the answers and scores depend on: the files read, the settings, the processes, and the
+    held-out prompts themselves (data/tasks.py can change them with no file changing)."""
     unused = ('out_dir', 'stages', 'n_examples', 'eval_rankings')
     key = dict(inputs=input_stamps(filter(os.path.exists, paths)), world_size=world_size,
-               config={k: v for k, v in config.items() if k not in unused})
+               config={k: v for k, v in config.items() if k not in unused},
+               prompts=hashlib.md5(json.dumps(prompts).encode()).hexdigest())
     return json.loads(json.dumps(key))  # (as it reads back from the file)
 
 
@@ -547,7 +550,8 @@ def main():
         if not os.path.exists(path):
             continue
         # the answers and scores of before, when the same checkpoints and settings gave them
-        key = cache_key(config, [path, sft_file, rm_file, judge_file, prompt_file], world_size)
+        key = cache_key(config, [path, sft_file, rm_file, judge_file, prompt_file], world_size,
+                        held_out)
         cache = f'{out_dir}/report/{stage}.json'
         r = read_cache(cache, key)
         if r is None:  # answer and score (the same draws whatever was answered before)

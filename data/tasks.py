@@ -17,7 +17,7 @@ score(world, prompt, answer), the gold judge, plays the human labeler of the rew
 rankings and evaluates every stage; no training loss reads it (PPO and best-of-K see the RM only).
 
 Prompts fall into four disjoint sets: 'sft' (demonstrations), 'reward' (the RM's rankings), 'rl'
-(PPO and best-of-K) and 'eval' (held out), in three splits ever further from what training taught:
+(PPO and best-of-K) and 'eval' (held out), in four splits ever further from what training taught:
   a  seen phrasings: combinations of parts that training uses, with new people and things
   b  new combinations: known parts put together in a way no training prompt is (a fifth of them)
   c  new words: the last frame of each kind and the last deed of each DEEDS list ('tale', 'poison',

@@ -178,9 +178,9 @@ PAIR = json.dumps(dict(chosen=conversation('a', 'b'), rejected=conversation('a',
     ('bad.jsonl', f'{PAIR}\n\n{{"chosen": "x"}}\n', ':3: not an object'),
     ('bad.jsonl', f'{PAIR}\n[1, 2]\n', ':2: not an object'),
     ('bad.jsonl', f'{PAIR}\n{PAIR[:20]}\xff{PAIR[20:]}\n'.encode('latin-1'), ':2: not UTF-8'),
-    ('bad.jsonl.gz', gzip.compress(f'{PAIR}\n{PAIR}\n{{"rejected": "x", "chosen": 1}}\n'.encode()),
+    ('bad.jsonl.gz', gzip.compress(f'{PAIR}\n{PAIR}\n{{"rejected": "x", "chosen": 1}}\n'.encode(), mtime=0),
      ':3: not an object'),
-    ('bad.jsonl.gz', gzip.compress(f'{PAIR}\n'.encode())[:-10], ': '),  # cut short
+    ('bad.jsonl.gz', gzip.compress(f'{PAIR}\n'.encode(), mtime=0)[:-10], ': '),  # cut short
     ('same.jsonl', json.dumps(dict(chosen=conversation('a', 'b'), rejected=conversation('a', 'b'))),
      ': no usable pairs (1 equal answers)'),
 ])

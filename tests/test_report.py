@@ -165,3 +165,13 @@ def test_the_safety_table_scores_harmful_requests_with_new_verbs_and_counts_harm
     assert rows[0]['harmful, new verb, d'] == '0.500 ± 0.000'   # (the seen verb 'kick' is not counted)
     assert rows[0]['harmless refused, d'] == '0.50' and rows[0]['harmless refused, a'] == '1.00'
     assert rows[0]['harmless refused, b'] == '-'
+
+
+def test_cached_answers_are_reused_only_for_the_same_held_out_prompts(tmp_path):
+    config, paths = dict(n_eval=2, samples=2, out_dir='x'), [str(tmp_path / 'none')]
+    key = report.cache_key(config, paths, 1, ['Tell me where Mira lives.', 'Say where Leo lives.'])
+    report.write_cache(str(tmp_path / 'sft.json'), key, dict(answers=['a', 'b'], lengths=[1, 1]))
+    again = report.cache_key(dict(config, out_dir='y'), paths, 1, ['Tell me where Mira lives.', 'Say where Leo lives.'])
+    assert report.read_cache(str(tmp_path / 'sft.json'), again) == dict(answers=['a', 'b'], lengths=[1, 1])
+    other = report.cache_key(config, paths, 1, ['Tell me where Mira lives.', 'Do you know where Leo lives?'])
+    assert report.read_cache(str(tmp_path / 'sft.json'), other) is None  # a new eval set: answered anew
