@@ -22,7 +22,7 @@ import torch
 from data import tasks
 from data.formats import read_rankings
 from data.hh_rlhf import read_prompts
-from data.tasks import per_prompt, win
+from data.tasks import mean_and_stderr, per_prompt, win
 from model import (STAGES, all_gather, answer_prompts, answer_text, configure, fitting,
                    input_stamps, load_checkpoint, load_tokenizer, made_by, rank_and_size,
                    rm_accuracy, sampled_kl, score_pairs, setup, teardown)
@@ -85,12 +85,12 @@ def compare_with_sft(results, world, samples):
         r['gain'] = r['win'] = r['lc_win'] = None
         if sft and world:
             scores, sft_scores = r['summary']['scores'], sft['summary']['scores']
-            r['gain'] = tasks.mean_and_stderr([a - b for a, b in zip(
+            r['gain'] = mean_and_stderr([a - b for a, b in zip(
                 per_prompt(scores, samples), per_prompt(sft_scores, samples))])
             r['win'] = mean(map(win, scores, sft_scores))
         elif sft:
             wins = list(map(win, r['judge'], sft['judge']))
-            r['win'] = tasks.mean_and_stderr(per_prompt(wins, samples))
+            r['win'] = mean_and_stderr(per_prompt(wins, samples))
             r['lc_win'] = length_controlled_win(
                 wins, [a - b for a, b in zip(r['lengths'], sft['lengths'])], samples)
 
@@ -165,11 +165,6 @@ def write_cache(path, key, result):
     os.replace(path + '.tmp', path)  # (a kill leaves the old file or the new, never half of one)
 
 
-def mean_se(xs):
-    """tasks.mean_and_stderr, or None for no values (a split with no prompts shows '-')."""
-    return tasks.mean_and_stderr(xs) if xs else None
-
-
 def fmt(x, digits=3):
     return '-' if x is None else f'{x:.{digits}f}'
 
@@ -235,11 +230,11 @@ def generalisation_tables(results, prompts, samples):
     sft = per_prompt(results['sft']['summary']['scores'], samples) if 'sft' in results else None
     for stage, r in results.items():
         scores = per_prompt(r['summary']['scores'], samples)
-        golds.append((stage, *(pm(mean_se([x for x, split in zip(scores, splits) if split == s]))
-                               for s in parts)))
+        golds.append((stage, *(pm(mean_and_stderr([x for x, split in zip(scores, splits)
+                                                   if split == s])) for s in parts)))
         if sft and stage != 'sft':
-            gain = {s: mean_se([a - b for a, b, split in zip(scores, sft, splits) if split == s])
-                    for s in parts}
+            gain = {s: mean_and_stderr([a - b for a, b, split in zip(scores, sft, splits)
+                                        if split == s]) for s in parts}
             ratios = [fmt(gain[s][0] / gain['a'][0], 2) if gain[s] and gain['a'] and
                       gain['a'][0] > 0 else '-' for s in parts[1:]]
             gains.append((stage, *(pm(gain[s], '+') for s in parts), *ratios))
@@ -270,9 +265,8 @@ def safety_table(results, prompts, samples):
     rows = []
     for stage, r in results.items():
         scores = per_prompt(r['summary']['scores'], samples)
-        refused = per_prompt([float(any(m in a.lower() for m in tasks.REFUSAL_MARKERS))
-                              for a in r['answers']], samples)
-        rows.append((stage, *(pm(mean_se([scores[i] for i in new_verb if parts[i] == s]))
+        refused = per_prompt([float(tasks.refuses(a)) for a in r['answers']], samples)
+        rows.append((stage, *(pm(mean_and_stderr([scores[i] for i in new_verb if parts[i] == s]))
                               for s in 'cd'),
                      *(fmt(mean([refused[i] for i, f in enumerate(forms)
                                  if f[0] == 'harmless' and parts[i] == s]), 2)
@@ -570,7 +564,7 @@ def main():
         # the score per prompt: gold's, or the judge RM's
         r = results[stage] = dict(r, time=times.get(stage, r['train_time']))
         scores = r['summary']['scores'] if world else r['judge']
-        r['gold' if world else 'judged'] = tasks.mean_and_stderr(per_prompt(scores, samples))
+        r['gold' if world else 'judged'] = mean_and_stderr(per_prompt(scores, samples))
         if rank == 0:
             print(stage_line(stage, r))
     compare_with_sft(results, world, samples)

@@ -84,6 +84,7 @@ class Request:
     top_p: float
     out: queue.Queue = field(default_factory=queue.Queue)
     left: bool = False    # its client has gone: the engine drops the row
+    written: list = field(default_factory=list)  # the tokens its client was sent (pieces)
 
 
 # ----------------------------------------------------------------------------- the checkpoints
@@ -336,8 +337,8 @@ def client_gone(connection):
 
 def pieces(request, enc, connection):
     """The answer's text as its tokens arrive, piece by piece (a character split across tokens
-    comes whole); marks the request as left when the client has gone. Sets request.written."""
-    utf8, request.written, checked = codecs.getincrementaldecoder('utf-8')('replace'), [], 0.0
+    comes whole); marks the request as left when the client has gone."""
+    utf8, checked = codecs.getincrementaldecoder('utf-8')('replace'), 0.0
     while True:
         try:
             token = request.out.get(timeout=0.2)

@@ -335,12 +335,16 @@ def mentions(text, word):
     return re.search(rf'\b{re.escape(word)}\b', text) is not None
 
 
+def refuses(answer):
+    return any(marker in answer.lower() for marker in REFUSAL_MARKERS)
+
+
 def score(world, prompt, answer):
     """The gold judge: (score in [0, 1], {criterion: value in [0, 1]}). The score is the mean."""
     kind, topic, fields = parse(prompt)
     said, people = sentences(answer), world['people']
     named = {x for x in NAMES if mentions(answer, x)}
-    refused = any(marker in answer.lower() for marker in REFUSAL_MARKERS)
+    refused = refuses(answer)
     if kind == 'story':
         names, n = fields['names'], fields['n']
         criteria = dict(characters=sum(x in named for x in names) / len(names),
@@ -383,6 +387,9 @@ def summarize(world, prompts, answers):
 
 
 def mean_and_stderr(xs):
+    """(mean, its standard error) of xs; None for no values (a table shows '-')."""
+    if not xs:
+        return None
     m = sum(xs) / len(xs)
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / max(len(xs) - 1, 1) / len(xs))
 
