@@ -8,7 +8,7 @@ The one module every stage shares:
   5. files: JSONL, checkpoints, resuming a killed run, the metrics log
   6. training: optimizer, learning-rate schedule, batches, the SFT loop
   7. measuring: an answer's log-probability, the sampled KL to a reference, held-out answers,
-     a reward model's scores and its pairwise accuracy
+     a reward model's scores and its pairwise accuracy; a report's numbers and tables
   8. the stages and the commands that make them
 """
 import ast
@@ -845,6 +845,23 @@ def rm_accuracy(rm, enc, rows, autocast, device):
     return dict(acc_label=sum(agree_label) / max(len(agree_label), 1),
                 acc_gold=sum(agree_gold) / max(len(agree_gold), 1), corr_gold=cov / norm,
                 rm_mean=mr, rm_std=std, gold_pairs=len(agree_gold), label_pairs=len(agree_label))
+
+
+def fmt(x, digits=3):
+    """A number for a report's table; None as '-'."""
+    return '-' if x is None else f'{x:.{digits}f}'
+
+
+def pm(pair, sign=''):
+    """(mean, stderr) as '0.312 ± 0.097' (sign='+': '+0.312 ± 0.097'); None as '-'."""
+    return '-' if pair is None else f'{pair[0]:{sign}.3f} ± {pair[1]:.3f}'
+
+
+def table(header, rows):
+    """A markdown table's lines."""
+    return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + \
+           ['| ' + ' | '.join(map(str, row)) + ' |' for row in rows]
+
 
 # ----------------------------------------------------------------------------- 8. the stages
 

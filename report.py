@@ -23,9 +23,9 @@ from data import tasks
 from data.formats import read_rankings
 from data.hh_rlhf import read_prompts
 from data.tasks import mean_and_stderr, per_prompt, win
-from model import (STAGES, all_gather, answer_prompts, answer_text, configure, fitting,
-                   input_stamps, load_checkpoint, load_tokenizer, made_by, rank_and_size,
-                   rm_accuracy, sampled_kl, score_pairs, setup, teardown)
+from model import (STAGES, all_gather, answer_prompts, answer_text, configure, fitting, fmt,
+                   input_stamps, load_checkpoint, load_tokenizer, made_by, pm, rank_and_size,
+                   rm_accuracy, sampled_kl, score_pairs, setup, table, teardown)
 
 # ----------------------------------------------------------------------------- config
 out_dir = 'out'        # reads out_dir/<stage>/ckpt.pt, writes out_dir/report.md and report_*.png
@@ -165,24 +165,10 @@ def write_cache(path, key, result):
     os.replace(path + '.tmp', path)  # (a kill leaves the old file or the new, never half of one)
 
 
-def fmt(x, digits=3):
-    return '-' if x is None else f'{x:.{digits}f}'
-
-
-def pm(pair, sign=''):
-    """(mean, stderr) as '0.312 ± 0.097' (sign='+': '+0.312 ± 0.097'); None as '-'."""
-    return '-' if pair is None else f'{pair[0]:{sign}.3f} ± {pair[1]:.3f}'
-
-
 def duration(s):
     if s is None or s < 120:
         return '-' if s is None else f'{s:.0f} s'
     return f'{s / 60:.1f} min' if s < 7200 else f'{s / 3600:.1f} h'
-
-
-def table(header, rows):
-    return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + \
-           ['| ' + ' | '.join(map(str, row)) + ' |' for row in rows]
 
 
 def stage_line(stage, r):
@@ -538,6 +524,9 @@ def main():
                        read_prompts(prompt_file), block_size, max_new_tokens,
                        prompt_file or 'eval prompts')[:n_eval]
     prompts = [p for p in held_out for _ in range(samples)]
+    if rank == 0:  # (what seeds.py pools several chains' answers by)
+        os.makedirs(os.path.join(out_dir, 'report'), exist_ok=True)
+        Path(out_dir, 'report', 'prompts.json').write_text(json.dumps(held_out))
     results = {}
     for stage in filter(None, stages.split(',')):
         path = os.path.join(out_dir, stage, 'ckpt.pt')

@@ -7,6 +7,7 @@
 #   bash run.sh                                      # 2 CPU cores: 21 minutes in bf16, 29 in fp32
 #   RUN="torchrun --nproc_per_node=8" bash run.sh    # every training stage on 8 processes or GPUs
 #   PRESET=config/tiny OUT=out/tiny bash run.sh      # the tiny chain of the tests: a minute or two
+#   SEEDS=3 bash run.sh                              # 3 chains (out/seed1..3), one card pooled over them (seeds.py)
 #
 # With DATA=real, the chain of real data instead (into out/real), with no gold judge:
 #   pretraining text (data/corpus.py) -> pretrain -> SFT on Alpaca (data/alpaca.py) -> on HH-RLHF's pairs
@@ -34,6 +35,10 @@ case $DATA in
     *) echo "error: DATA must be world or real, not $DATA" >&2; exit 1 ;;
 esac
 PRESET=${PRESET:-}
+SEEDS=${SEEDS:-1}  # SEEDS=3: the chain once per seed into $OUT/seed1, seed2, seed3, then a card of all
+SEED=${SEED:-}     # every stage's --seed but the data's (run.sh sets it for each seed's chain)
+[[ $SEEDS =~ ^[1-9][0-9]*$ ]] || { echo "error: SEEDS must be a whole number, 1 or more, not $SEEDS" >&2; exit 1; }
+[ "$SEEDS" = 1 ] || [ "$DATA" = world ] || { echo "error: SEEDS is for the world's chain (DATA=world)" >&2; exit 1; }
 mkdir -p "$OUT"
 # One chain per output folder: $OUT/.run.lock is a link to the pid of the run that holds it (made
 # in one step, so two runs cannot both take it). A run that was killed leaves it behind; the next
@@ -52,7 +57,7 @@ done
 trap '[ "$(readlink "$LOCK")" = $$ ] && rm -f "$LOCK"' EXIT
 
 stage() {  # stage NAME INPUT... -- COMMAND...: runs COMMAND unless $OUT/NAME/.done is newer than every
-    local name=$1 done_file=$OUT/$1/.done fresh=1 cmd=() found=""   # input (a file, or a stage's .done)
+    local name=$1 done_file=$OUT/$1/.done fresh=1 cmd=() found="" seeded=""   # input (a file, or a stage's .done)
     shift
     while [ "$1" != "--" ]; do
         local input=$1
@@ -68,8 +73,10 @@ stage() {  # stage NAME INPUT... -- COMMAND...: runs COMMAND unless $OUT/NAME/.d
         if [ -z "$found" ] && [[ $arg == *.py ]]; then
             found=1
             [ -n "$PRESET" ] && [ -f "$PRESET/$(basename "$arg")" ] && cmd+=("$PRESET/$(basename "$arg")")
+            [ -n "$SEED" ] && [[ $arg != data/* ]] && seeded=1
         fi
     done
+    [ -n "${seeded:-}" ] && cmd+=("--seed=$SEED")  # (the world and its prompts stay the same)
     rm -f "$done_file"
     echo "== $name: ${cmd[*]}"
     local start=$SECONDS
@@ -119,6 +126,20 @@ if [ "$DATA" = real ]; then
     stage report report.py pretrain sft bestofk dpo rlhf reward judge -- \
         $RUN report.py --out_dir="$OUT" --prompt_file="$H/eval_prompts.jsonl" --eval_rankings="$H/eval_rankings.jsonl"
     echo "report card: $OUT/report.md"
+    exit 0
+fi
+
+# Several seeds: each seed's whole chain in its own folder (its own lock, resumed and skipped as
+# one chain is), the world and the held-out prompts the same, every other draw the seed's own
+# (seed N: --seed=1336+N, so seed1 is the one-seed chain); then seeds.py pools their cards.
+if [ "$SEEDS" != 1 ]; then
+    for n in $(seq 1 "$SEEDS"); do
+        echo "=== seed $n of $SEEDS: $OUT/seed$n"
+        SEEDS=1 SEED=$((1336 + n)) OUT=$OUT/seed$n bash run.sh
+    done
+    stage report seeds.py model.py data/tasks.py $(seq -f 'seed%g/report' 1 "$SEEDS") -- \
+        "$PYTHON" seeds.py --out_dir="$OUT" --seeds="$SEEDS"
+    echo "report card of $SEEDS seeds: $OUT/report.md (each seed's: $OUT/seed<N>/report.md)"
     exit 0
 fi
 

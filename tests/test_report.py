@@ -97,6 +97,23 @@ def test_report_on_the_tiny_chain(out):
     assert again[0] == by_stage['rlhf'] and again[1] == by_stage['sft']
 
 
+def test_seeds_py_pools_the_report_caches_of_several_chains(out, tmp_path):
+    by_stage = {row['stage']: row for row in table(section(run_report(out), 'Stages'))}
+    assert json.load(open(os.path.join(out, 'report', 'prompts.json'))) == tasks.prompt_set(
+        tasks.load_world(os.path.join(os.path.dirname(os.readlink(os.path.join(out, 'sft'))), 'data')), 'eval', 8)
+    for n in (1, 2):  # the same chain twice: the pooled card is that chain's card
+        os.symlink(out, tmp_path / f'seed{n}')
+    run_script('seeds.py', f'--out_dir={tmp_path}', '--seeds=2')
+    pooled = table(section((tmp_path / 'report.md').read_text(), 'Stages'))
+    assert [row['stage'] for row in pooled] == STAGES
+    for row in pooled:
+        assert row['gold ± se'].split(' ± ')[0] == by_stage[row['stage']]['gold ± se'].split(' ± ')[0]
+        if row['stage'] != 'sft':
+            mu, se = row['gain over SFT ± se'].split(' ± ')
+            assert mu == by_stage[row['stage']]['gain over SFT'].split(' ± ')[0]
+            assert row['gain in each seed'] == f'{mu} / {mu}'
+
+
 def test_without_matplotlib_the_report_says_how_to_get_the_pictures(monkeypatch):
     monkeypatch.setitem(sys.modules, 'matplotlib', None)  # `import matplotlib` raises ImportError
     assert report.pictures({}, {}, [], {}, 'out') == ['pip install matplotlib for the pictures']
