@@ -86,8 +86,9 @@ def cells(runs, stage, samples, keep=None, minus=None, refusals=False):
     return rows if rows and rows[0] else None
 
 
-def pooled(cells):
-    return None if cells is None else two_way_stderr(cells)[:2]
+def pooled(x):
+    """(mean, stderr) of x[seed][prompt], or None for no prompts."""
+    return None if x is None else two_way_stderr(x)[:2]
 
 
 def stage_rows(runs, names, samples):
