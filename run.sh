@@ -37,6 +37,9 @@ esac
 PRESET=${PRESET:-}
 SEEDS=${SEEDS:-1}  # SEEDS=3: the chain once per seed into $OUT/seed1, seed2, seed3, then a card of all
 SEED=${SEED:-}     # every stage's --seed but the data's (run.sh sets it for each seed's chain)
+JOBS=${JOBS:-1}    # JOBS=2: after the RM, two lanes of stages at once, a core each (below)
+[ "$JOBS" = 1 ] || [ "$JOBS" = 2 ] || { echo "error: JOBS must be 1 or 2, not $JOBS" >&2; exit 1; }
+[ "$JOBS" = 1 ] || [ "$RUN" = "$PYTHON" ] || { echo "error: JOBS=2 splits this machine's cores between two stages; with RUN=$RUN use JOBS=1" >&2; exit 1; }
 [[ $SEEDS =~ ^[1-9][0-9]*$ ]] || { echo "error: SEEDS must be a whole number, 1 or more, not $SEEDS" >&2; exit 1; }
 [ "$SEEDS" = 1 ] || [ "$DATA" = world ] || { echo "error: SEEDS is for the world's chain (DATA=world)" >&2; exit 1; }
 mkdir -p "$OUT"
@@ -80,15 +83,30 @@ stage() {  # stage NAME INPUT... -- COMMAND...: runs COMMAND unless $OUT/NAME/.d
     rm -f "$done_file"
     echo "== $name: ${cmd[*]}"
     local start=$SECONDS
-    "${cmd[@]}"
+    if [ -n "${LANE:-}" ]; then  # (beside another lane: its output to a file, not the terminal)
+        "${cmd[@]}" > "$OUT/$name.log" 2>&1 || {
+            echo "error: $name failed; the end of $OUT/$name.log:" >&2; tail -n 20 "$OUT/$name.log" >&2; exit 1; }
+    else
+        "${cmd[@]}"
+    fi
     local seconds=$((SECONDS - start))
-    mkdir -p "$OUT/$name" && touch "$done_file"
-    "$PYTHON" -c 'import json, os, sys
-path, name, seconds = sys.argv[1:]
-times = json.load(open(path)) if os.path.exists(path) else {}
-times[name] = int(seconds)
-json.dump(times, open(path, "w"), indent=1)' "$OUT/stage_times.json" "$name" "$seconds"
+    mkdir -p "$OUT/$name" && echo "$seconds" > "$done_file"
+    stage_times
     echo "== $name: done in $((seconds / 60)) min $((seconds % 60)) s"
+}
+
+stage_times() {  # $OUT/stage_times.json from the seconds each stage wrote into its .done
+    "$PYTHON" -c 'import glob, json, os, sys
+out = sys.argv[1]
+path = os.path.join(out, "stage_times.json")
+times = json.load(open(path)) if os.path.exists(path) else {}
+for done in sorted(glob.glob(os.path.join(out, "*", ".done"))):
+    seconds = open(done).read().strip()
+    if seconds.isdigit():
+        times[os.path.basename(os.path.dirname(done))] = int(seconds)
+with open(path + f".{os.getpid()}", "w") as f:
+    json.dump(times, f, indent=1)
+os.replace(path + f".{os.getpid()}", path)' "$OUT"
 }
 
 if [ "$DATA" = real ]; then
@@ -152,21 +170,50 @@ stage sft sft.py pretrain -- \
     $RUN sft.py --init_from="$OUT/pretrain" --data_dir="$D" --demos="$D/sft.jsonl" --out_dir="$OUT/sft"
 stage reward reward.py sft -- \
     $RUN reward.py --policy="$OUT/sft" --init_from="$OUT/sft" --out_dir="$OUT/reward"
-stage bestofk bestofk.py sft reward -- \
-    $RUN bestofk.py --init_from="$OUT/sft" --reward_model="$OUT/reward" --out_dir="$OUT/bestofk"
-stage dpo dpo.py sft reward -- \
-    $RUN dpo.py --init_from="$OUT/sft" --ref_from="$OUT/sft" --rankings="$OUT/reward/rankings.jsonl" \
-    --eval_rankings="$OUT/reward/eval_rankings.jsonl" --out_dir="$OUT/dpo"
-stage rlhf rlhf.py sft reward -- \
-    $RUN rlhf.py --init_from="$OUT/sft" --ref_from="$OUT/sft" --reward_model="$OUT/reward" --out_dir="$OUT/rlhf"
-# PPO without a value model: RLOO's leave-one-out baseline (Ahmadian et al. 2024) over 4 answers per prompt
-stage rloo rlhf.py sft reward -- \
-    $RUN rlhf.py --init_from="$OUT/sft" --ref_from="$OUT/sft" --reward_model="$OUT/reward" --advantage=rloo --out_dir="$OUT/rloo"
-# round 2: the reward model learns from the PPO policy's answers too, then PPO goes on against it
-stage reward2 reward.py rlhf reward -- \
-    $RUN reward.py --policy="$OUT/rlhf" --init_from="$OUT/reward" --rankings="$OUT/reward/rankings.jsonl" --epochs=1 --out_dir="$OUT/reward2"
-stage rlhf2 rlhf.py rlhf reward2 -- \
-    $RUN rlhf.py --init_from="$OUT/rlhf" --ref_from="$OUT/sft" --reward_model="$OUT/reward2" --out_dir="$OUT/rlhf2"
+bestofk() {
+    stage bestofk bestofk.py sft reward -- \
+        $RUN bestofk.py --init_from="$OUT/sft" --reward_model="$OUT/reward" --out_dir="$OUT/bestofk"
+}
+dpo() {
+    stage dpo dpo.py sft reward -- \
+        $RUN dpo.py --init_from="$OUT/sft" --ref_from="$OUT/sft" --rankings="$OUT/reward/rankings.jsonl" \
+        --eval_rankings="$OUT/reward/eval_rankings.jsonl" --out_dir="$OUT/dpo"
+}
+rlhf() {
+    stage rlhf rlhf.py sft reward -- \
+        $RUN rlhf.py --init_from="$OUT/sft" --ref_from="$OUT/sft" --reward_model="$OUT/reward" --out_dir="$OUT/rlhf"
+}
+rloo() {  # PPO without a value model: RLOO's leave-one-out baseline (Ahmadian et al. 2024) over 4 answers per prompt
+    stage rloo rlhf.py sft reward -- \
+        $RUN rlhf.py --init_from="$OUT/sft" --ref_from="$OUT/sft" --reward_model="$OUT/reward" --advantage=rloo --out_dir="$OUT/rloo"
+}
+round2() {  # the reward model learns from the PPO policy's answers too, then PPO goes on against it
+    stage reward2 reward.py rlhf reward -- \
+        $RUN reward.py --policy="$OUT/rlhf" --init_from="$OUT/reward" --rankings="$OUT/reward/rankings.jsonl" --epochs=1 --out_dir="$OUT/reward2"
+    stage rlhf2 rlhf.py rlhf reward2 -- \
+        $RUN rlhf.py --init_from="$OUT/rlhf" --ref_from="$OUT/sft" --reward_model="$OUT/reward2" --out_dir="$OUT/rlhf2"
+}
+early_report() {  # the report's answers of the checkpoints made so far (report.py keeps them; the card reuses them)
+    stage early_report report.py pretrain sft bestofk dpo rloo reward -- \
+        $RUN report.py --out_dir="$OUT" --stages=pretrain,sft,bestofk,dpo,rloo
+}
+# Best-of-K, DPO, PPO and RLOO need only SFT and the RM. JOBS=1: one after the other. JOBS=2: two
+# lanes at once, a thread each: PPO and its second round (the longest path) beside the rest and the
+# report's answers of what the rest made; each stage's output goes to $OUT/<stage>.log.
+if [ "$JOBS" = 1 ]; then
+    bestofk; dpo; rlhf; rloo; round2
+else
+    (LANE=1; export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; rlhf; round2) & ppo_lane=$!
+    (LANE=1; export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; bestofk; dpo; rloo; early_report) & other_lane=$!
+    trap 'pkill -P $ppo_lane; pkill -P $other_lane; kill $ppo_lane $other_lane 2>/dev/null
+          [ "$(readlink "$LOCK")" = $$ ] && rm -f "$LOCK"' EXIT  # (Ctrl-C, an error: both lanes stop)
+    failed=0  # (a lane that fails says so at once; the other finishes its stages, kept for the next run)
+    wait $ppo_lane || failed=1
+    wait $other_lane || failed=1
+    trap '[ "$(readlink "$LOCK")" = $$ ] && rm -f "$LOCK"' EXIT
+    [ $failed = 0 ] || exit 1
+    stage_times  # (the two lanes wrote it at once: now from every stage's .done)
+fi
 stage report report.py pretrain sft bestofk dpo rlhf rloo rlhf2 reward reward2 -- \
     $RUN report.py --out_dir="$OUT"
 echo "report card: $OUT/report.md"

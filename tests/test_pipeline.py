@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT
+from conftest import ROOT, fake_python
 
 
 def chain_env(out):
@@ -65,3 +65,44 @@ def test_one_chain_per_output_folder(tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert 'in use' not in third.stderr and third.stdout.startswith('== ')  # ... and the next run takes it over
     assert not os.path.lexists(lock)  # and gives it back when it ends (here: its first stage failed)
+
+
+def label(call):
+    """A logged call as 'stage threads': the last folder of its --out_dir (the report's: report)."""
+    out_dir = re.search(r'--out_dir=(\S+)', call).group(1)
+    name = 'report' if out_dir.endswith('/out') else os.path.basename(out_dir)
+    return f"{name}{' early' if '--stages=' in call else ''} {call.split('threads=')[1]}"
+
+
+def run_jobs(tmp_path, fail_on=''):
+    fake, log = fake_python(tmp_path, fail_on)
+    env = {**{k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}, 'PYTHON': fake, 'JOBS': '2',
+           'OUT': str(tmp_path / 'out')}
+    result = subprocess.run(['bash', 'run.sh'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    calls = [label(call) for call in log.read_text().splitlines()]
+    log.unlink()
+    return result, calls
+
+
+def test_jobs_2_runs_two_lanes_of_stages_a_thread_each(tmp_path):
+    result, calls = run_jobs(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert calls[:4] == ['world all', 'pretrain all', 'sft all', 'reward all'] and calls[-1] == 'report all'
+    lanes = calls[4:-1]  # at once, a thread each: PPO and its second round; the rest and the report's answers
+    ppo = [c for c in lanes if c in ('rlhf 1', 'reward2 1', 'rlhf2 1')]
+    assert ppo == ['rlhf 1', 'reward2 1', 'rlhf2 1']
+    assert [c for c in lanes if c not in ppo] == ['bestofk 1', 'dpo 1', 'rloo 1', 'report early 1']
+    stages = {'data', 'pretrain', 'sft', 'reward', 'bestofk', 'dpo', 'rlhf', 'rloo', 'reward2', 'rlhf2',
+              'early_report', 'report'}
+    assert set(json.load(open(tmp_path / 'out' / 'stage_times.json'))) == stages
+    assert (tmp_path / 'out' / 'rlhf.log').exists() and not (tmp_path / 'out' / 'sft.log').exists()
+
+
+def test_jobs_2_a_stage_that_fails_stops_its_lane_not_the_other(tmp_path):
+    result, calls = run_jobs(tmp_path, fail_on='dpo.py')
+    assert result.returncode == 1
+    assert 'error: dpo failed; the end of' in result.stderr and 'dpo.py went wrong' in result.stderr
+    assert 'rloo 1' not in calls and 'rlhf2 1' in calls and 'report all' not in calls
+    # run again: what finished is skipped, the rest runs
+    result, calls = run_jobs(tmp_path)
+    assert result.returncode == 0 and sorted(calls) == ['dpo 1', 'report all', 'report early 1', 'rloo 1']
