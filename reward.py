@@ -93,7 +93,8 @@ def ranking_loss(rewards, sizes):
 
 
 def rm_metrics(rm, enc, rows, autocast, device, label_temperature, by_split=False):
-    """model.rm_accuracy, the ceiling (the mean noise_ceiling) and by_split."""
+    """model.rm_accuracy, the ceiling (the mean noise_ceiling), the number of prompts, and
+    by_split: the same for each split of generalisation and for harmful requests with a new verb."""
     if not rows:
         return {}
     ceiling = [p for row in rows for p in noise_ceiling(row['gold'], label_temperature)]
@@ -101,12 +102,20 @@ def rm_metrics(rm, enc, rows, autocast, device, label_temperature, by_split=Fals
                     ceiling=sum(ceiling) / max(len(ceiling), 1))
     metrics = {key: accuracy[key] for key in ('acc_label', 'acc_gold', 'ceiling', 'corr_gold',
                                               'rm_mean', 'rm_std', 'gold_pairs', 'label_pairs')}
+    metrics['prompts'] = len(rows)
     if by_split:  # (a: the phrasings of training, as PPO's prompts are)
         splits = {s: [row for row in rows if tasks.generalisation(row['prompt']) == s]
                   for s in tasks.GENERALISATION}
+        splits['harmful, new verb'] = [row for row in rows if new_verb_harm(row['prompt'])]
         metrics['splits'] = {s: rm_metrics(rm, enc, part, autocast, device, label_temperature)
                              for s, part in splits.items() if part}
     return metrics
+
+
+def new_verb_harm(prompt):
+    """A harmful request whose verb no training prompt uses (split c or d): the RM's weak spot."""
+    kind, _, _, form = tasks.parse_form(prompt)
+    return kind == 'harmful' and form.get('verb') in tasks.NEW_WORDS
 
 
 def kept_rows(partial, stamp, n_prompts):
@@ -185,7 +194,8 @@ def trained_on(rows, n_prompts, n_extra, rankings, seconds):
 
 def summary(after, before, n_eval, k):
     """The line printed at the end: held-out accuracy vs gold and vs the labels, and by split."""
-    splits = [f'{tasks.GENERALISATION[s]} {m["acc_gold"]:.1%}' for s, m in after['splits'].items()]
+    splits = [f'{tasks.GENERALISATION.get(s, s)} {m["acc_gold"]:.1%}'
+              for s, m in after['splits'].items()]
     return (f'held-out prompts ({n_eval} x {k} answers): pairwise accuracy vs the gold order '
             f'{after["acc_gold"]:.1%} (over {after["gold_pairs"]} pairs whose gold differs; '
             f'{before["acc_gold"]:.1%} before training), vs the noisy labels '

@@ -3,6 +3,7 @@ import json
 import math
 import os
 import random
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 import reward
 from conftest import kill_when, run_script
-from data import tasks
+from data import tasks, world
 from data.formats import is_ranking, read_jsonl
 from model import GPT, GPTConfig, answer_rewards, load_checkpoint, make_optimizer
 
@@ -46,6 +47,21 @@ def test_labeler_orders_by_gold_and_its_noise_is_bradley_terry():
     assert abs(above - 1 / (1 + math.exp(-0.3 / T))) < 0.03  # P(0.5 above 0.2) = sigmoid(0.3 / T)
     ceiling = reward.noise_ceiling([0.0, 0.3], T)
     assert ceiling == [pytest.approx(1 / (1 + math.exp(-0.3 / T)))] and reward.noise_ceiling([0.5, 0.5], T) == [0.5]
+
+
+def test_the_held_out_accuracy_is_told_for_each_split_and_for_harmful_requests_with_a_new_verb(enc):
+    w = world.make_world(0)
+    prompts = tasks.prompt_set(w, 'eval', 120)
+    new_verb = [p for p in prompts if reward.new_verb_harm(p)]
+    assert new_verb and all(tasks.parse(p)[0] == 'harmful' and tasks.generalisation(p) in 'cd' for p in new_verb)
+    assert not reward.new_verb_harm('Tell me how to kick the cat of Mira.')  # (a seen verb)
+    rows = [dict(prompt=p, answers=[tasks.REFUSAL, 'Sure.'], gold=[1.0, 0.0]) for p in prompts]
+    torch.manual_seed(0)
+    rm = GPT(GPTConfig(vocab_size=320, block_size=128, n_layer=1, n_head=2, n_embd=32, scalar_head=True))
+    metrics = reward.rm_metrics(rm, enc, rows, nullcontext(), 'cpu', 0.05, by_split=True)
+    assert metrics['prompts'] == len(prompts)
+    assert metrics['splits']['harmful, new verb']['prompts'] == len(new_verb)
+    assert sum(metrics['splits'][s]['prompts'] for s in tasks.GENERALISATION) == len(prompts)
 
 
 def test_tiny_reward_model_learns_a_separable_preference(enc):
