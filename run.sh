@@ -4,10 +4,11 @@
 # Each stage is skipped when it finished before and nothing it reads changed since (its script,
 # the stages before it), so after a crash or a kill, run it again: it goes on where it stopped.
 #
-#   bash run.sh                                      # 2 CPU cores: 21 minutes in bf16, 29 in fp32
+#   bash run.sh                                      # 2 CPU cores: 21 min with AVX-512 (bf16), 48 without (fp32)
 #   RUN="torchrun --nproc_per_node=8" bash run.sh    # every training stage on 8 processes or GPUs
 #   PRESET=config/tiny OUT=out/tiny bash run.sh      # the tiny chain of the tests: a minute or two
 #   SEEDS=3 bash run.sh                              # 3 chains (out/seed1..3), one card pooled over them (seeds.py)
+#   JOBS=2 bash run.sh                               # after the RM, two lanes of stages at once (8-19% less on 2 cores)
 #
 # With DATA=real, the chain of real data instead (into out/real), with no gold judge:
 #   pretraining text (data/corpus.py) -> pretrain -> SFT on Alpaca (data/alpaca.py) -> on HH-RLHF's pairs
