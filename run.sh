@@ -41,6 +41,7 @@ SEED=${SEED:-}     # every stage's --seed but the data's (run.sh sets it for eac
 JOBS=${JOBS:-1}    # JOBS=2: after the RM, two lanes of stages at once, a core each (below)
 [ "$JOBS" = 1 ] || [ "$JOBS" = 2 ] || { echo "error: JOBS must be 1 or 2, not $JOBS" >&2; exit 1; }
 [ "$JOBS" = 1 ] || [ "$RUN" = "$PYTHON" ] || { echo "error: JOBS=2 splits this machine's cores between two stages; with RUN=$RUN use JOBS=1" >&2; exit 1; }
+[ "$JOBS" = 1 ] || [ "$DATA" = world ] || { echo "error: JOBS=2 is for the world's chain (DATA=world)" >&2; exit 1; }
 [[ $SEEDS =~ ^[1-9][0-9]*$ ]] || { echo "error: SEEDS must be a whole number, 1 or more, not $SEEDS" >&2; exit 1; }
 [ "$SEEDS" = 1 ] || [ "$DATA" = world ] || { echo "error: SEEDS is for the world's chain (DATA=world)" >&2; exit 1; }
 mkdir -p "$OUT"

@@ -106,3 +106,14 @@ def test_jobs_2_a_stage_that_fails_stops_its_lane_not_the_other(tmp_path):
     # run again: what finished is skipped, the rest runs
     result, calls = run_jobs(tmp_path)
     assert result.returncode == 0 and sorted(calls) == ['dpo 1', 'report all', 'report early 1', 'rloo 1']
+
+
+def test_jobs_that_cannot_be_kept_are_a_one_line_error_before_anything_runs(tmp_path):
+    env = {**os.environ, 'OUT': str(tmp_path / 'out')}
+    for extra, message in [({'JOBS': '3'}, 'JOBS must be 1 or 2, not 3'),
+                           ({'JOBS': '2', 'RUN': 'torchrun --nproc_per_node=2'}, 'with RUN=torchrun'),
+                           ({'JOBS': '2', 'DATA': 'real'}, "JOBS=2 is for the world's chain")]:
+        result = subprocess.run(['bash', 'run.sh'], cwd=ROOT, env={**env, **extra}, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 1 and result.stderr.count('\n') == 1 and message in result.stderr, extra
+        assert not (tmp_path / 'out').exists() and result.stdout == ''
