@@ -41,9 +41,8 @@ SEED=${SEED:-}     # every stage's --seed but the data's (run.sh sets it for eac
 JOBS=${JOBS:-1}    # JOBS=2: after the RM, two lanes of stages at once, a core each (below)
 [ "$JOBS" = 1 ] || [ "$JOBS" = 2 ] || { echo "error: JOBS must be 1 or 2, not $JOBS" >&2; exit 1; }
 [ "$JOBS" = 1 ] || [ "$RUN" = "$PYTHON" ] || { echo "error: JOBS=2 splits this machine's cores between two stages; with RUN=$RUN use JOBS=1" >&2; exit 1; }
-[ "$JOBS" = 1 ] || [ "$DATA" = world ] || { echo "error: JOBS=2 is for the world's chain (DATA=world)" >&2; exit 1; }
 [[ $SEEDS =~ ^[1-9][0-9]*$ ]] || { echo "error: SEEDS must be a whole number, 1 or more, not $SEEDS" >&2; exit 1; }
-[ "$SEEDS" = 1 ] || [ "$DATA" = world ] || { echo "error: SEEDS is for the world's chain (DATA=world)" >&2; exit 1; }
+[ "$DATA" = world ] || [ "$SEEDS$JOBS" = 11 ] || { echo "error: SEEDS and JOBS are for the world's chain (DATA=world)" >&2; exit 1; }
 mkdir -p "$OUT"
 # One chain per output folder: $OUT/.run.lock is a link to the pid of the run that holds it (made
 # in one step, so two runs cannot both take it). A run that was killed leaves it behind; the next

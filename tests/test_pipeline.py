@@ -112,7 +112,7 @@ def test_jobs_that_cannot_be_kept_are_a_one_line_error_before_anything_runs(tmp_
     env = {**os.environ, 'OUT': str(tmp_path / 'out')}
     for extra, message in [({'JOBS': '3'}, 'JOBS must be 1 or 2, not 3'),
                            ({'JOBS': '2', 'RUN': 'torchrun --nproc_per_node=2'}, 'with RUN=torchrun'),
-                           ({'JOBS': '2', 'DATA': 'real'}, "JOBS=2 is for the world's chain")]:
+                           ({'JOBS': '2', 'DATA': 'real'}, "SEEDS and JOBS are for the world's chain")]:
         result = subprocess.run(['bash', 'run.sh'], cwd=ROOT, env={**env, **extra}, capture_output=True, text=True,
                                 timeout=60)
         assert result.returncode == 1 and result.stderr.count('\n') == 1 and message in result.stderr, extra
