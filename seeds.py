@@ -148,21 +148,50 @@ def split_rows(runs, names, prompts, samples):
 
 
 def worst_rows(runs, names, prompts, samples):
-    """Per stage, the kind and split whose pooled gain over SFT is lowest in standard errors: a
-    method makes something worse where that is below -2."""
+    """Per stage, the kind and split whose pooled gain over SFT is lowest in standard errors (a
+    method makes something worse where that is below -2), and the same lowest in each seed alone,
+    each in its own chain's standard error."""
     groups = {f'{s}/{k}': where(prompts, s, k) for s in tasks.GENERALISATION
               for k in tasks.KIND_SHARES}
     rows = []
     for stage in names[names.index('sft') + 1:]:
-        found = []
+        found, per_seed = [], [[] for _ in runs]
         for group, keep in groups.items():
-            gain = pooled(cells(runs, stage, samples, keep, minus='sft'))
-            if gain and gain[1] > 0:
+            gains = cells(runs, stage, samples, keep, minus='sft')
+            gain = pooled(gains)
+            if gain and gain[1] > 1e-9:  # (a group all alike: no error to count in)
                 found.append((gain[0] / gain[1], group, gain))
+            for n, row in enumerate(gains or []):
+                mu, se = mean_and_stderr(row)
+                if se > 1e-9:
+                    per_seed[n].append((mu / se, group))
         t, group, gain = min(found, default=(0.0, '-', None))
-        rows.append((stage, group, pm(gain, '+'), f'{t:+.1f}', 'yes' if t < -2 else 'no'))
+        lowest = [min(seed, default=(0.0, '-')) for seed in per_seed]
+        rows.append((stage, group, pm(gain, '+'), f'{t:+.1f}', 'yes' if t < -2 else 'no',
+                     ' / '.join(f'{g} {x:+.1f}' for x, g in lowest),
+                     'yes' if any(x < -2 for x, _ in lowest) else 'no'))
     return table(['stage', 'lowest (split/kind)', 'gain over SFT ± se', 'in se',
-                  'worse than SFT'], rows)
+                  'worse than SFT', 'lowest in each seed (in its se)', 'worse in a seed'], rows)
+
+
+def kind_rows(runs, names, prompts, samples):
+    """Per stage, the gold score of each kind in each split (the mean over seeds)."""
+    splits = list(tasks.GENERALISATION)
+    rows = []
+    for stage in names:
+        row = [stage]
+        for kind in tasks.KIND_SHARES:
+            means = [pooled(cells(runs, stage, samples, where(prompts, s, kind))) for s in splits]
+            row.append(' / '.join(fmt(m[0], 2) if m else '-' for m in means))
+        rows.append(row)
+    return table(['stage', *tasks.KIND_SHARES], rows)
+
+
+def each_seed(x):
+    """x[seed][prompt] as its pooled mean ± se and each seed's mean: '0.62 ± 0.05 (0.58 / 0.66)'."""
+    if x is None:
+        return '-'
+    return f'{pm(pooled(x))} ({" / ".join(fmt(sum(row) / len(row), 2) for row in x)})'
 
 
 def safety_rows(runs, names, prompts, samples):
@@ -178,9 +207,9 @@ def safety_rows(runs, names, prompts, samples):
                                                               refusals=True) or []]
             refused.append(f'{sum(per_seed) / len(per_seed):.2f} ({max(per_seed):.2f})'
                            if per_seed else '-')
-        rows.append((stage, *(pm(pooled(cells(runs, stage, samples, keep)))
+        rows.append((stage, *(each_seed(cells(runs, stage, samples, keep))
                               for keep in harmful.values()), *refused))
-    header = ['stage', *(f'harmful, new verb, {s} ({len(keep)} prompts)'
+    header = ['stage', *(f'harmful, new verb, {s} ({len(keep)} prompts): pooled (each seed)'
                          for s, keep in harmful.items()),
               *(f'harmless refused, {s}: mean (largest seed)' for s in harmless)]
     return table(header, rows)
@@ -284,6 +313,8 @@ def main():
         *difference_rows(runs, pairs, samples),
         '', '## Gain over SFT by split of generalisation', '',
         *split_rows(runs, names, held_out, samples),
+        '', f'## Gold of each kind, in splits {" / ".join(tasks.GENERALISATION)}', '',
+        *kind_rows(runs, names, held_out, samples),
         '', '## Does any method make a kind worse?', '', *worst_rows(runs, names, held_out, samples),
         '', '## Harmful requests with new verbs, harmless ones refused', '',
         *safety_rows(runs, names, held_out, samples),

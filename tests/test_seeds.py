@@ -76,15 +76,19 @@ def test_the_card_of_three_seeds(tmp_path):
         noise = [rng.gauss(0, 0.01) for _ in sft]
         harmless = {i for i, p in enumerate(prompts) if tasks.parse(p)[0] == 'harmless'}
         refuse = [tasks.REFUSAL if i // samples in harmless else 'Sure.' for i in range(len(sft))]
+        stories = {i for i, p in enumerate(prompts) if tasks.parse(p)[0] == 'story'}
+        worse = [s + e - 0.3 * (n == 3 and i // samples in stories)  # stories worse in seed 3 only
+                 for i, (s, e) in enumerate(zip(sft, noise))]
         write_seed(tmp_path / f'seed{n}', prompts, samples, dict(
             sft=(sft, ['Sure.'] * len(sft)),
             rlhf=([s + 0.3 + e for s, e in zip(sft, noise)], ['Sure.'] * len(sft)),  # better in every seed
-            dpo=([s + 0.3 + (0.3 if n == 1 else -0.3) * (n != 2) for s in sft], refuse)))  # +0.6 / +0.3 / 0
+            dpo=([s + 0.3 + (0.3 if n == 1 else -0.3) * (n != 2) for s in sft], refuse),  # +0.6 / +0.3 / 0
+            rloo=(worse, ['Sure.'] * len(sft))))
     result = run_script('seeds.py', f'--out_dir={tmp_path}', '--seeds=3', '--differences=rlhf-dpo,rlhf-sft')
     assert 'wrote' in result.stdout
     card = (tmp_path / 'report.md').read_text()
     stages = card_rows(card, 'Stages')
-    assert set(stages) == {'sft', 'rlhf', 'dpo'}  # (a stage no seed has is not a row)
+    assert set(stages) == {'sft', 'rlhf', 'dpo', 'rloo'}  # (a stage no seed has is not a row)
     mu, se = map(float, stages['rlhf']['gain over SFT ± se'].split(' ± '))
     assert mu == pytest.approx(0.3, abs=0.005) and se < 0.01 and stages['rlhf']['gain > 2 se'] == 'yes'
     gains = [float(g) for g in stages['dpo']['gain in each seed'].split(' / ')]
@@ -100,6 +104,14 @@ def test_the_card_of_three_seeds(tmp_path):
     assert safety['dpo']['harmless refused, a: mean (largest seed)'] == '1.00 (1.00)'
     assert safety['rlhf']['harmless refused, a: mean (largest seed)'] == '0.00 (0.00)'
     assert set(card_rows(card, 'Each seed')) == {'seed1', 'seed2', 'seed3'}
+    # made worse in one seed: told for that seed, where the pooled check may not see it
+    worst = card_rows(card, 'Does any method make a kind worse?')
+    assert worst['rloo']['worse in a seed'] == 'yes' and worst['rlhf']['worse in a seed'] == 'no'
+    assert '/story' in worst['rloo']['lowest in each seed (in its se)'].split(' / ')[2]
+    kinds = card_rows(card, 'Gold of each kind, in splits a / b / c / d')
+    for split in range(4):  # rlhf: SFT + 0.3 in every kind and split
+        sft, rlhf = (kinds[stage]['story'].split(' / ')[split] for stage in ('sft', 'rlhf'))
+        assert sft == '-' or float(rlhf) - float(sft) == pytest.approx(0.3, abs=0.011)
 
 
 def test_seeds_of_different_worlds_are_not_pooled(tmp_path):
