@@ -275,7 +275,8 @@ def rm_table(rms):
     """Each RM's held-out pairwise accuracy, on all held-out prompts, on each split and on the
     harmful requests with a new verb."""
     keys = ('acc_gold', 'acc_label', 'ceiling', 'corr_gold')
-    rows = [(name, label, part.get('prompts', '-'), *(fmt(part[k]) for k in keys), part['gold_pairs'])
+    rows = [(name, label, part.get('prompts', '-'), *(fmt(part[k]) for k in keys),
+             part['gold_pairs'])
             for name, m in rms.items() for label, part in [('all', m)] + [
                 (f'{s}: {tasks.GENERALISATION[s]}' if s in tasks.GENERALISATION else s, p)
                 for s, p in m.get('splits', {}).items()]]
