@@ -246,7 +246,7 @@ def seed_rows(runs, names, folders, samples):
         golds = [fmt(mean_and_stderr(per_prompt(results[s]['summary']['scores'], samples))[0])
                  for s in names]
         rows.append((os.path.basename(folder), *golds, f'{sum(times.values()) / 60:.0f} min'))
-    return table(['seed', *names, 'stage time'], rows)
+    return table(['seed', *names, 'stage time (summed; with JOBS=2 the lanes overlap)'], rows)
 
 
 def frontier_picture(folders, out_dir):
