@@ -25,7 +25,7 @@ out_dir = 'out'        # reads out_dir/seed<N>/report/*.json (report.py's), writ
 seeds = 3              # seed1 .. seed<seeds>
 stages = 'pretrain,sft,bestofk,dpo,rlhf,grpo,rloo,rlhf2'
 # the differences the README's conclusions rest on: (a, b) reads "a - b"
-differences = 'bestofk-rlhf,rlhf-dpo,rloo-rlhf,rlhf2-rlhf'
+differences = 'bestofk-rlhf,rlhf-dpo,rloo-rlhf,rlhf2-rlhf,bestofk-dpo'
 # -----------------------------------------------------------------------------
 
 METHODS = dict(rlhf='PPO', rloo='RLOO', grpo='GRPO', dpo='DPO')  # the frontier's logged curves
