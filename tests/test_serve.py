@@ -235,10 +235,10 @@ def test_a_client_that_leaves_frees_its_row(server):
     conn.close()
     for _ in range(100):
         health = call(server, 'GET', '/health')[1]
-        if health['running'] == 0:
+        if health['running'] == 0 and health['waiting'] == 0:  # (waiting: not yet taken, nor told)
             break
         time.sleep(0.05)
-    assert health['running'] == 0 and health['stopped'] == stopped + 1
+    assert health['running'] == 0 and health['stopped'] == stopped + 1, health
 
 
 def test_held_out_prompts_and_the_judge(server):
