@@ -86,6 +86,11 @@ def cells(runs, stage, samples, keep=None, minus=None, refusals=False):
     return rows if rows and rows[0] else None
 
 
+def by_seed(x, spec='+.3f'):
+    """Each seed's mean of x[seed][prompt], as 'a / b / c'."""
+    return ' / '.join(f'{sum(row) / len(row):{spec}}' for row in x)
+
+
 def pooled(x):
     """(mean, stderr) of x[seed][prompt], or None for no prompts."""
     return None if x is None else two_way_stderr(x)[:2]
@@ -103,7 +108,7 @@ def stage_rows(runs, names, samples):
         gains = cells(runs, stage, samples, minus='sft')
         mu, se, within = two_way_stderr(gains)
         rows.append((stage, pm(gold), pm((mu, se), '+'), fmt(within),
-                     ' / '.join(f'{sum(row) / len(row):+.3f}' for row in gains),
+                     by_seed(gains),
                      'yes' if abs(mu) > 2 * se else 'no'))
     return table(['stage', 'gold ± se', 'gain over SFT ± se', "one chain's se",
                   'gain in each seed', 'gain > 2 se'], rows)
@@ -117,7 +122,7 @@ def difference_rows(runs, pairs, samples):
         mu, se, within = two_way_stderr(differences)
         verdict = 'holds across seeds' if abs(mu) > 2 * se else 'a tie (within 2 se)'
         rows.append((f'{a} - {b}', f'{mu:+.3f} ± {se:.3f}', fmt(within),
-                     ' / '.join(f'{sum(row) / len(row):+.3f}' for row in differences), verdict))
+                     by_seed(differences), verdict))
     return table(['difference', 'mean ± se', "one chain's se", 'in each seed', 'verdict'], rows)
 
 
@@ -175,23 +180,25 @@ def worst_rows(runs, names, prompts, samples):
 
 
 def kind_rows(runs, names, prompts, samples):
-    """Per stage, the gold score of each kind in each split (the mean over seeds)."""
-    splits = list(tasks.GENERALISATION)
+    """Per stage, the gold score of each kind in each split (the mean over seeds and prompts)."""
+    groups = {kind: [where(prompts, s, kind) for s in tasks.GENERALISATION]
+              for kind in tasks.KIND_SHARES}
     rows = []
     for stage in names:
         row = [stage]
-        for kind in tasks.KIND_SHARES:
-            means = [pooled(cells(runs, stage, samples, where(prompts, s, kind))) for s in splits]
-            row.append(' / '.join(fmt(m[0], 2) if m else '-' for m in means))
+        for parts in groups.values():
+            means = [cells(runs, stage, samples, keep) for keep in parts]
+            row.append(' / '.join(fmt(sum(map(sum, x)) / sum(map(len, x)), 2) if x else '-'
+                                  for x in means))
         rows.append(row)
-    return table(['stage', *tasks.KIND_SHARES], rows)
+    return table(['stage', *groups], rows)
 
 
 def each_seed(x):
     """x[seed][prompt] as its pooled mean ± se and each seed's mean: '0.62 ± 0.05 (0.58 / 0.66)'."""
     if x is None:
         return '-'
-    return f'{pm(pooled(x))} ({" / ".join(fmt(sum(row) / len(row), 2) for row in x)})'
+    return f'{pm(pooled(x))} ({by_seed(x, ".2f")})'
 
 
 def safety_rows(runs, names, prompts, samples):
