@@ -112,9 +112,8 @@ def test_torchrun_two_ranks_stay_in_sync_and_match_one_process(data_dir, tmp_pat
     ddp, single = str(tmp_path / 'ddp'), str(tmp_path / 'single')
     run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'tests/ddp_sync.py', *common, f'--out_dir={ddp}')
     run('pretrain.py', *common, f'--out_dir={single}', '--grad_accum_steps=2')
-    with open(os.path.join(ddp, 'rank_params.json')) as f:
-        checksums = json.load(f)
-    assert len(checksums) == 2 and checksums[0] == checksums[1]  # every rank holds the same parameters
+    checksums = [json.loads((tmp_path / 'ddp' / f'rank{rank}.json').read_text()) for rank in (0, 1)]
+    assert checksums[0] == checksums[1]  # every rank holds the same parameters
     # two processes with one micro-batch each = one process with two: the same batches, the same update
     for a, b in zip(params(ddp).values(), params(single).values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
