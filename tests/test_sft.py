@@ -70,7 +70,8 @@ def test_batches_cover_every_example_once_with_little_padding():
 def test_tiny_sft_lowers_the_loss_and_writes_a_checkpoint(tiny_chain):
     with open(os.path.join(tiny_chain['sft'], 'metrics.jsonl')) as f:
         rows = [json.loads(line) for line in f]
-    assert rows[-1]['val_loss'] < 0.8 * rows[0]['val_loss']
+    # 60 steps from the pretrained model: 0.77-0.87 of the loss it starts from, by seed and CPU
+    assert rows[-1]['val_loss'] < 0.9 * rows[0]['val_loss']
     assert 'gold' in rows[0] and 'gold' in rows[-1] and 0 <= rows[-1]['gold'] <= 1
     ckpt = torch.load(os.path.join(tiny_chain['sft'], 'ckpt.pt'), weights_only=True)
     assert ckpt['stage'] == 'sft' and ckpt['data_dir'] == tiny_chain['data']
