@@ -279,9 +279,21 @@ def rm_table(rms):
              part['gold_pairs'])
             for name, m in rms.items() for label, part in [('all', m)] + [
                 (f'{s}: {tasks.GENERALISATION[s]}' if s in tasks.GENERALISATION else s, p)
-                for s, p in m.get('splits', {}).items()]]
+                for s, p in m.get('splits', {}).items() if s not in tasks.PROBE]]
     return table(['RM', 'held-out prompts', 'prompts', 'acc vs gold', 'acc vs labels',
                   'label-noise ceiling', 'corr with gold', 'pairs (gold differs)'], rows)
+
+
+def probe_table(rms):
+    """Each RM on data/tasks.py's probe: the share of pairs it orders as gold does, per cell."""
+    rows = [(name, *(fmt(m['splits'].get(cell, {}).get('acc_gold')) for cell in tasks.PROBE))
+            for name, m in rms.items() if set(tasks.PROBE) & set(m.get('splits', {}))]
+    header = ['RM', *(cell.removeprefix('probe: ') for cell in tasks.PROBE)]
+    return [] if not rows else [
+        '', 'The probe (data/tasks.py, 100 held-out prompts a cell, answers written, not sampled): '
+        'does the RM rank refusing a harmful request above complying, and answering a harmless one '
+        'above refusing, with a verb no training prompt uses (new) or a seen one? The share of '
+        'pairs it orders as gold does:', '', *table(header, rows)]
 
 
 def side_by_side(results, prompts, chosen, world):
@@ -415,7 +427,7 @@ def gold_card(results, prompts, rm_dir, config):
         *safety_table(results, prompts, samples),
         '', '## A reward hack to watch', '', *reasoned_refusals(results, prompts)]
     if rms:
-        lines += ['', '## Reward models', '', *rm_table(rms)]
+        lines += ['', '## Reward models', '', *rm_table(rms), *probe_table(rms)]
     if best_of_k:
         rows = [(r['k'], f'{fmt(r["gold"])} ± {fmt(r["gold_stderr"])}', fmt(r['rm_score']),
                  fmt(r['kl_bound'], 2)) for r in best_of_k]

@@ -271,8 +271,10 @@ def main():
         if ckpt_interval and (it + 1) % ckpt_interval == 0 and it + 1 < iters:
             save_progress(ckpt_path, rm, inputs, **about, iter_num=it + 1, before=before,
                           optimizer=optimizer.state_dict(), train_time=time.time() - t0)
-    # held out: all prompts, and each split of generalisation; then the finished checkpoint
+    # held out: all prompts, each split of generalisation and the probe; the finished checkpoint
     after = rm_metrics(rm.eval(), enc, eval_rows, autocast, device, label_temperature, True)
+    for cell, rows in (tasks.probe_rankings(world) if world and after else {}).items():
+        after['splits'][cell] = rm_metrics(rm, enc, rows, autocast, device, label_temperature)
     if process_rank == 0:
         save_checkpoint(ckpt_path, rm, **about, iter_num=iters, metrics=after,
                         train_time=time.time() - t0)

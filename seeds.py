@@ -234,7 +234,7 @@ def rm_rows(folders):
             accs.append(after[-1] if after else None)
         if not any(accs):
             continue
-        for split in ['all', *tasks.GENERALISATION, 'harmful, new verb']:
+        for split in ['all', *tasks.GENERALISATION, 'harmful, new verb', *tasks.PROBE]:
             parts = [(m if split == 'all' else m.get('splits', {}).get(split, {})) if m else {}
                      for m in accs]
             values = [p['acc_gold'] if p.get('gold_pairs') else None for p in parts]

@@ -81,8 +81,14 @@ def test_report_on_the_tiny_chain(out):
     assert all(finite(cell) for row in criteria for key, cell in row.items() if key != 'stage' and cell != '-')
     assert [row['K'] for row in table(section(text, 'Inference-time best-of-K (from the SFT model)'))] == ['1', '2', '4']
     assert list(table(section(text, 'A reward hack to watch'))[0])[1:] == STAGES
-    rms = table(section(text, 'Reward models'))
+    lines = section(text, 'Reward models')
+    rms = table(lines)
     assert rms[0]['RM'] == 'reward' and finite(rms[0]['acc vs gold'])
+    assert not any(row['held-out prompts'].startswith('probe') for row in rms)  # (its own table)
+    probe = table(lines[next(i for i, line in enumerate(lines) if line.startswith('The probe')):])
+    cells = [cell.removeprefix('probe: ') for cell in tasks.PROBE]
+    assert [row['RM'] for row in probe] == ['reward'] and list(probe[0])[1:] == cells
+    assert all(0 <= float(probe[0][cell]) <= 1 for cell in cells)
     examples = '\n'.join(section(text, 'Side by side'))
     assert examples.count('### ') == report.n_examples
     for stage in STAGES:

@@ -127,6 +127,8 @@ def test_reward_stage_on_the_tiny_chain(tiny_chain, whole, tmp_path):
     assert len(rows) <= 64 and all(2 <= len(r['answers']) <= 3 and all(a.strip() for a in r['answers']) for r in rows)
     ckpt = torch.load(whole / 'ckpt.pt', weights_only=True)
     assert ckpt['stage'] == 'reward' and ckpt['model_args']['scalar_head'] and 0 <= ckpt['metrics']['acc_label'] <= 1
+    probe = {name: ckpt['metrics']['splits'][name] for name in tasks.PROBE}  # every cell, scored
+    assert all(cell['prompts'] == 100 and 0 <= cell['acc_gold'] <= 1 for cell in probe.values())
     assert sorted(os.listdir(whole)) == ['ckpt.pt', 'eval_rankings.jsonl', 'metrics.jsonl', 'rankings.jsonl',
                                          'stdout.txt']  # (no partial files left)
     # round 2: start from this RM, add its rankings (K=3) to new ones (K=2)

@@ -129,6 +129,23 @@ def test_split_d_is_hand_written_shapes_the_grammar_cannot_write_scored_by_the_s
     assert miss(prompt, tasks.REFUSAL) == []
 
 
+def test_the_probe_asks_each_cell_on_its_own_held_out_prompts_and_gold_orders_its_answers():
+    cells = tasks.probe_rankings(W, n=40)
+    assert list(cells) == list(tasks.PROBE) and cells == tasks.probe_rankings(W, n=40)
+    training = {p for split in ('sft', 'reward', 'rl') for p in tasks.prompt_set(W, split, 1000)}
+    for name, rows in cells.items():
+        kind, part, new = tasks.PROBE[name]
+        prompts = [row['prompt'] for row in rows]
+        assert len(set(prompts)) == 40 and not set(prompts) & training, name
+        for row in rows:
+            _, _, _, form = tasks.parse_form(row['prompt'])
+            assert tasks.parse(row['prompt'])[0] == kind and tasks.generalisation(row['prompt']) == part
+            assert (form['verb'] in tasks.NEW_WORDS) == new and tasks.split_of(row['prompt']) == 'eval'
+            assert row['gold'] == [tasks.score(W, row['prompt'], a)[0] for a in row['answers']]
+            assert row['gold'][0] == 1.0 and max(row['gold'][1:]) == 0.0  # the good answer first
+            assert tasks.refuses(row['answers'][0]) == (kind == 'harmful') != tasks.refuses(row['answers'][-1])
+
+
 def test_demonstrations_good_score_one_and_each_flaw_is_seen():
     rng = random.Random(0)
     for kind, flaws in tasks.FLAWS.items():
