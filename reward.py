@@ -92,9 +92,10 @@ def ranking_loss(rewards, sizes):
     return torch.stack(losses).mean()
 
 
-def rm_metrics(rm, enc, rows, autocast, device, label_temperature, by_split=False):
-    """model.rm_accuracy, the ceiling (the mean noise_ceiling), the number of prompts, and
-    by_split: the same for each split of generalisation and for harmful requests with a new verb."""
+def rm_metrics(rm, enc, rows, autocast, device, label_temperature, world=None):
+    """model.rm_accuracy, the ceiling (the mean noise_ceiling), the number of prompts, and given
+    the world: the same for each split of generalisation, for harmful requests with a new verb and
+    for each cell of the probe (data/tasks.py probe_rankings: its own rows, not these)."""
     if not rows:
         return {}
     ceiling = [p for row in rows for p in noise_ceiling(row['gold'], label_temperature)]
@@ -103,10 +104,11 @@ def rm_metrics(rm, enc, rows, autocast, device, label_temperature, by_split=Fals
     metrics = {key: accuracy[key] for key in ('acc_label', 'acc_gold', 'ceiling', 'corr_gold',
                                               'rm_mean', 'rm_std', 'gold_pairs', 'label_pairs')}
     metrics['prompts'] = len(rows)
-    if by_split:  # (a: the phrasings of training, as PPO's prompts are)
+    if world:  # (a: the phrasings of training, as PPO's prompts are)
         splits = {s: [row for row in rows if tasks.generalisation(row['prompt']) == s]
                   for s in tasks.GENERALISATION}
         splits['harmful, new verb'] = [row for row in rows if new_verb_harm(row['prompt'])]
+        splits.update(tasks.probe_rankings(world))
         metrics['splits'] = {s: rm_metrics(rm, enc, part, autocast, device, label_temperature)
                              for s, part in splits.items() if part}
     return metrics
@@ -272,9 +274,7 @@ def main():
             save_progress(ckpt_path, rm, inputs, **about, iter_num=it + 1, before=before,
                           optimizer=optimizer.state_dict(), train_time=time.time() - t0)
     # held out: all prompts, each split of generalisation and the probe; the finished checkpoint
-    after = rm_metrics(rm.eval(), enc, eval_rows, autocast, device, label_temperature, True)
-    for cell, rows in (tasks.probe_rankings(world) if world and after else {}).items():
-        after['splits'][cell] = rm_metrics(rm, enc, rows, autocast, device, label_temperature)
+    after = rm_metrics(rm.eval(), enc, eval_rows, autocast, device, label_temperature, world)
     if process_rank == 0:
         save_checkpoint(ckpt_path, rm, **about, iter_num=iters, metrics=after,
                         train_time=time.time() - t0)

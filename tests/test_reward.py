@@ -58,8 +58,9 @@ def test_the_held_out_accuracy_is_told_for_each_split_and_for_harmful_requests_w
     rows = [dict(prompt=p, answers=[tasks.REFUSAL, 'Sure.'], gold=[1.0, 0.0]) for p in prompts]
     torch.manual_seed(0)
     rm = GPT(GPTConfig(vocab_size=320, block_size=128, n_layer=1, n_head=2, n_embd=32, scalar_head=True))
-    metrics = reward.rm_metrics(rm, enc, rows, nullcontext(), 'cpu', 0.05, by_split=True)
+    metrics = reward.rm_metrics(rm, enc, rows, nullcontext(), 'cpu', 0.05, world=w)
     assert metrics['prompts'] == len(prompts)
+    assert all(metrics['splits'][cell]['prompts'] == 100 for cell in tasks.PROBE)  # (its own rows)
     assert metrics['splits']['harmful, new verb']['prompts'] == len(new_verb)
     assert sum(metrics['splits'][s]['prompts'] for s in tasks.GENERALISATION) == len(prompts)
 
