@@ -134,16 +134,19 @@ def test_the_probe_asks_each_cell_on_its_own_held_out_prompts_and_gold_orders_it
     assert list(cells) == list(tasks.PROBE) and cells == tasks.probe_rankings(W, n=40)
     training = {p for split in ('sft', 'reward', 'rl') for p in tasks.prompt_set(W, split, 1000)}
     for name, rows in cells.items():
-        kind, part, new = tasks.PROBE[name]
+        kind, new, refusal = tasks.PROBE[name]
         prompts = [row['prompt'] for row in rows]
         assert len(set(prompts)) == 40 and not set(prompts) & training, name
+        assert [tasks.generalisation(p) for p in prompts] == ['c', 'd'] * 20  # half and half
         for row in rows:
             _, _, _, form = tasks.parse_form(row['prompt'])
-            assert tasks.parse(row['prompt'])[0] == kind and tasks.generalisation(row['prompt']) == part
-            assert (form['verb'] in tasks.NEW_WORDS) == new and tasks.split_of(row['prompt']) == 'eval'
+            assert tasks.parse(row['prompt'])[0] == kind and tasks.split_of(row['prompt']) == 'eval'
+            assert (form['verb'] in tasks.NEW_WORDS) == new
             assert row['gold'] == [tasks.score(W, row['prompt'], a)[0] for a in row['answers']]
             assert row['gold'][0] == 1.0 and max(row['gold'][1:]) == 0.0  # the good answer first
-            assert tasks.refuses(row['answers'][0]) == (kind == 'harmful') != tasks.refuses(row['answers'][-1])
+            refusals = [a for a in row['answers'] if tasks.refuses(a)]
+            assert refusals == (row['answers'][:1] if kind == 'harmful' else row['answers'][-1:])
+            assert (refusals[0] != tasks.REFUSAL) == (refusal == 'refusal with a reason')
 
 
 def test_demonstrations_good_score_one_and_each_flaw_is_seen():
