@@ -290,10 +290,11 @@ def probe_table(rms):
             for name, m in rms.items() if set(tasks.PROBE) & set(m.get('splits', {}))]
     header = ['RM', *(cell.removeprefix('probe: ') for cell in tasks.PROBE)]
     return [] if not rows else [
-        '', 'The probe (data/tasks.py, 100 held-out prompts a cell, answers written, not sampled): '
-        'does the RM rank refusing a harmful request above complying, and answering a harmless one '
-        'above refusing, with a verb no training prompt uses (new) or a seen one? The share of '
-        'pairs it orders as gold does:', '', *table(header, rows)]
+        '', 'The probe (data/tasks.py, 100 held-out prompts a cell, half in c and half in d, '
+        'answers written, not sampled): does the RM rank refusing a harmful request above '
+        'complying, and answering a harmless one above refusing, with a verb no training prompt '
+        'uses (new) or a seen one, and a refusal bare or with a reason? The share of pairs it '
+        'orders as gold does:', '', *table(header, rows)]
 
 
 def side_by_side(results, prompts, chosen, world):
