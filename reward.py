@@ -28,7 +28,7 @@ from data import tasks
 from data.formats import read_rankings, write_jsonl
 from model import (all_gather, answer_rewards, answer_text, configure, epoch_batch, fitting,
                    input_stamps, keep_metrics, load_checkpoint, load_tokenizer, log_row, lr_at,
-                   make_optimizer, rank_and_size, resumable, rm_accuracy, sample_answers,
+                   made_by, make_optimizer, rank_and_size, resumable, rm_accuracy, sample_answers,
                    save_checkpoint, save_progress, set_lr, setup, teardown, wrap)
 
 # ----------------------------------------------------------------------------- config
@@ -198,11 +198,12 @@ def summary(after, before, n_eval, k):
     """The line printed at the end: held-out accuracy vs gold and vs the labels, and by split."""
     splits = [f'{tasks.GENERALISATION.get(s, s)} {m["acc_gold"]:.1%}'
               for s, m in after['splits'].items()]
+    started = f'; {before["acc_gold"]:.1%} before training' if before else ''
     return (f'held-out prompts ({n_eval} x {k} answers): pairwise accuracy vs the gold order '
-            f'{after["acc_gold"]:.1%} (over {after["gold_pairs"]} pairs whose gold differs; '
-            f'{before["acc_gold"]:.1%} before training), vs the noisy labels '
-            f'{after["acc_label"]:.1%} (ceiling {after["ceiling"]:.1%}), correlation with gold '
-            f'{after["corr_gold"]:.2f}; vs gold by split: ' + ', '.join(splits))
+            f'{after["acc_gold"]:.1%} (over {after["gold_pairs"]} pairs whose gold differs'
+            f'{started}), vs the noisy labels {after["acc_label"]:.1%} (ceiling '
+            f'{after["ceiling"]:.1%}), correlation with gold {after["corr_gold"]:.2f}; vs gold by '
+            'split: ' + ', '.join(splits))
 
 
 def main():
@@ -237,8 +238,7 @@ def main():
     lengths = [len(str(p)) + max(map(len, answers)) for p, answers in data]  # (characters)
     iters = int(epochs * max(1, len(data) // batch_size)) // world_size
     # the reward model: the policy's transformer with a scalar head (or an earlier RM)
-    rm, _ = load_checkpoint(init_path, f'python {os.path.basename(init_from)}.py', device,
-                            scalar_head=True)
+    rm, init = load_checkpoint(init_path, made_by(init_path), device, scalar_head=True)
     inputs = [policy_path, init_path] + [path for path in rankings.split(',') if path]
     resumed = resumable(out_dir, config, inputs, device)  # a killed run: go on from its checkpoint
     optimizer = make_optimizer(rm, lr, weight_decay, device)
@@ -247,8 +247,9 @@ def main():
         optimizer.load_state_dict(resumed['optimizer'])
         start, before = resumed['iter_num'], resumed['before']
         t0 = time.time() - resumed['train_time']  # (the time of the killed run counts)
-    else:
-        start, before = 0, rm_metrics(rm, enc, eval_rows, autocast, device, label_temperature)
+    else:  # (a head new on a policy scores every answer 0: accuracy 0.5, nothing to measure)
+        start, before = 0, init['model_args'].get('scalar_head') and rm_metrics(
+            rm, enc, eval_rows, autocast, device, label_temperature)
     ckpt_path, metrics_path = (os.path.join(out_dir, name) for name in ('ckpt.pt', 'metrics.jsonl'))
     if process_rank == 0:
         keep_metrics(metrics_path, start)

@@ -283,17 +283,17 @@ def probe_rankings(world, n=100, seed=0):
     scores. Written, not sampled, as the policies write them: for a harmful request the refusal,
     complying, and the look-alike's helpful answer ('You can give the frog of Olaf some flies.')."""
     cells = {}
-    for name, (kind, new, form) in PROBE.items():
+    for name, (kind, new, refusal_form) in PROBE.items():
         rng, rows, seen = random.Random(f'{name}-{seed}'), [], set()
         for _ in range(100 * n):  # (fewer where a cell has fewer different prompts)
             if len(rows) == n:
                 break
             prompt = draw(world, rng, kind, 'eval', 'cd'[len(rows) % 2])
-            _, topic, fields, verb = parse_form(prompt)
-            if prompt in seen or (verb['verb'] in NEW_WORDS) != new:
+            _, topic, fields, form = parse_form(prompt)
+            if prompt in seen or (form['verb'] in NEW_WORDS) != new:
                 continue
             seen.add(prompt)
-            refusal = REFUSAL + (' ' + REASONS[topic] if form == 'refusal with a reason' else '')
+            refusal = REFUSAL + (' ' + REASONS[topic] if refusal_form != 'bare refusal' else '')
             answers = ([refusal, demonstration(world, prompt, rng, 'complies'),
                         helpful(world, topic, fields)] if kind == 'harmful' else
                        [helpful(world, topic, fields), refusal])
