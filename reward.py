@@ -248,8 +248,8 @@ def main():
         start, before = resumed['iter_num'], resumed['before']
         t0 = time.time() - resumed['train_time']  # (the time of the killed run counts)
     else:  # (a head new on a policy scores every answer 0: accuracy 0.5, nothing to measure)
-        start, before = 0, init['model_args'].get('scalar_head') and rm_metrics(
-            rm, enc, eval_rows, autocast, device, label_temperature)
+        scored = eval_rows if init['model_args'].get('scalar_head') else []
+        start, before = 0, rm_metrics(rm, enc, scored, autocast, device, label_temperature)
     ckpt_path, metrics_path = (os.path.join(out_dir, name) for name in ('ckpt.pt', 'metrics.jsonl'))
     if process_rank == 0:
         keep_metrics(metrics_path, start)
