@@ -36,6 +36,8 @@ samples = 8            # answers per prompt and checkpoint: one is too noisy to 
 max_new_tokens = 128
 temperature = 1.0
 n_examples = 5         # prompts shown with each checkpoint's answer side by side
+probe_n = 100          # the probe's requests a cell (data/tasks.py probe_requests; 0: none) ...
+probe_samples = 2      # ... each answered this often by every checkpoint
 # a model not trained on the world (no gold judge)
 prompt_file = ''       # held-out prompts, JSONL of {"prompt": "text"} (data/hh_rlhf.py's)
 judge_model = ''       # the judge RM, trained on pairs no stage saw; '': out_dir/judge
@@ -76,6 +78,32 @@ def answer_and_score(model, sft, rm, judge_rm, enc, world, prompts, max_new_toke
                 kl=mean(row[2] for row in rows), length=mean(map(len, tokens)),
                 lengths=list(map(len, tokens)),
                 judge=None if judge_rm is None else [row[3] for row in rows])
+
+
+@torch.no_grad()
+def probe_answers(stage, sft, enc, world, config, autocast, device):
+    """A stage's answers to the probe's requests (data/tasks.py probe_requests), their gold scores
+    and whether each refuses; kept in out_dir/report/<stage>.probe.json as the card's answers are."""
+    rank, world_size = rank_and_size()
+    requests = tasks.probe_requests(world, config['probe_n'])
+    prompts = [p for p in requests for _ in range(config['probe_samples'])]
+    path = os.path.join(config['out_dir'], stage, 'ckpt.pt')
+    key = cache_key(config, [path], world_size, prompts)
+    cache = os.path.join(config['out_dir'], 'report', f'{stage}.probe.json')
+    r = read_cache(cache, key)
+    if r is None:  # (its own draws: the held-out answers are the same with or without it)
+        model = sft if stage == 'sft' else load_checkpoint(path, made_by(path), device,
+                                                           scalar_head=False)[0]
+        torch.manual_seed(config['seed'] + rank)
+        tokens = answer_prompts(model.eval(), enc, prompts, config['max_new_tokens'],
+                                config['temperature'], autocast, f'{stage}: the probe')
+        answers = [answer_text(enc, t) for t in tokens]
+        r = dict(prompts=requests, answers=answers, lengths=list(map(len, tokens)),
+                 scores=[tasks.score(world, p, a)[0] for p, a in zip(prompts, answers)],
+                 refuses=[float(tasks.refuses(a)) for a in answers])
+        if rank == 0:
+            write_cache(cache, key, r)
+    return r
 
 
 def compare_with_sft(results, world, samples):
@@ -141,7 +169,7 @@ def read_log(out_dir, stage):
 def cache_key(config, paths, world_size, prompts):
     """What the answers and scores depend on: the files read, the settings, the processes, and the
     held-out prompts themselves (data/tasks.py can change them with no file changing)."""
-    unused = ('out_dir', 'stages', 'n_examples', 'eval_rankings')
+    unused = ('out_dir', 'stages', 'n_examples', 'eval_rankings', 'probe_n', 'probe_samples')
     key = dict(inputs=input_stamps(filter(os.path.exists, paths)), world_size=world_size,
                config={k: v for k, v in config.items() if k not in unused},
                prompts=hashlib.md5(json.dumps(prompts).encode()).hexdigest())
@@ -261,6 +289,24 @@ def safety_table(results, prompts, samples):
     return [f'Harmful requests whose verb no training prompt uses ({counts["c"]} prompts in c, '
             f'{counts["d"]} in d; gold ± se), and the share of answers that refuse a harmless '
             'request (should be 0):', '', *table(header, rows)]
+
+
+def probe_request_table(probes, samples):
+    """Per stage, on the probe's requests (more than the held-out set has of each): gold of the
+    harmful ones with a new verb in split c and in d and with a seen verb, and the share of answers
+    that refuse a harmless one with a new or a seen verb (± se over prompts)."""
+    columns = tasks.probe_columns(next(iter(probes.values()))['prompts'])
+    rows = []
+    for stage, r in probes.items():
+        values = {value: per_prompt(r[value], samples) for value in ('scores', 'refuses')}
+        rows.append((stage, *(pm(mean_and_stderr([values['refuses' if 'refused' in name else
+                                                         'scores'][i] for i in keep]))
+                              for name, keep in columns.items())))
+    counts = ' / '.join(str(len(keep)) for keep in columns.values())
+    return [f"The probe's requests (data/tasks.py probe_requests, {counts} prompts, half in split "
+            f'c and half in d; {samples} answers each): gold ± se of the harmful ones, the share '
+            'of answers that refuse the harmless ones (should be 0):', '',
+            *table(['stage', *columns], rows)]
 
 
 def reasoned_refusals(results, prompts):
@@ -408,7 +454,7 @@ def pictures(logs, rms, best_of_k, results, out_dir):
     return lines
 
 
-def gold_card(results, prompts, rm_dir, config):
+def gold_card(results, probes, prompts, rm_dir, config):
     """The card of a chain on the world, judged by gold: report.md's lines."""
     out_dir, samples = config['out_dir'], config['samples']
     rms = {name: m for name in ('reward', 'reward2') if (m := read_metrics(out_dir, name))}
@@ -426,6 +472,7 @@ def gold_card(results, prompts, rm_dir, config):
         '', *generalisation_tables(results, prompts, samples),
         '', '## Harmful requests with new verbs, harmless ones refused', '',
         *safety_table(results, prompts, samples),
+        *(['', *probe_request_table(probes, config['probe_samples'])] if probes else []),
         '', '## A reward hack to watch', '', *reasoned_refusals(results, prompts)]
     if rms:
         lines += ['', '## Reward models', '', *rm_table(rms), *probe_table(rms)]
@@ -573,10 +620,13 @@ def main():
         if rank == 0:
             print(stage_line(stage, r))
     compare_with_sft(results, world, samples)
+    # the probe's requests (enough of each kind of harmful and harmless request to read a cell)
+    probes = {stage: probe_answers(stage, sft, enc, world, config, autocast, device)
+              for stage in results} if world and probe_n else {}
     if rank == 0:  # the card
         rm_dir, judge_dir = os.path.dirname(rm_file), os.path.dirname(judge_file)
         if world:
-            lines = gold_card(results, prompts, rm_dir, config)
+            lines = gold_card(results, probes, prompts, rm_dir, config)
         else:
             rms = (('proxy', rm_dir, rm), ('judge', judge_dir, judge_rm))
             accuracy = {f'{name} ({folder})': rm_accuracy(m, enc, held_out_pairs, autocast, device)

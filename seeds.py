@@ -222,6 +222,31 @@ def safety_rows(runs, names, prompts, samples):
     return table(header, rows)
 
 
+def probe_rows(folders, names):
+    """The probe's requests (report.py's report/<stage>.probe.json), per stage and column: the
+    pooled mean ± se over seeds and prompts, and each seed's."""
+    probes = [{stage: json.loads(path.read_text())['result'] for stage in names
+               if (path := Path(folder, 'report', f'{stage}.probe.json')).exists()}
+              for folder in folders]
+    if not all('sft' in probe for probe in probes):
+        return ['(no seed answered the probe: report.py --probe_n=0, or an older report)']
+    prompts = probes[0]['sft']['prompts']
+    samples = len(probes[0]['sft']['answers']) // len(prompts)
+    columns = tasks.probe_columns(prompts)
+    rows = []
+    for stage in [s for s in names if all(s in probe for probe in probes)]:
+        per_seed = [{value: per_prompt(probe[stage][value], samples)
+                     for value in ('scores', 'refuses')} for probe in probes]
+        rows.append((stage, *(each_seed([[values['refuses' if 'refused' in name else 'scores'][i]
+                                          for i in keep] for values in per_seed])
+                              for name, keep in columns.items())))
+    counts = ' / '.join(str(len(keep)) for keep in columns.values())
+    return [f"data/tasks.py probe_requests ({counts} prompts, half in split c and half in d, "
+            f'{samples} answers each per seed): gold of the harmful requests, the share of answers '
+            'that refuse the harmless ones (should be 0); pooled ± se (each seed):', '',
+            *table(['stage', *columns], rows)]
+
+
 def rm_rows(folders):
     """Each seed's RMs: held-out pairwise accuracy against gold, all prompts and per split."""
     rows = []
@@ -326,6 +351,7 @@ def main():
         *worst_rows(runs, names, held_out, samples),
         '', '## Harmful requests with new verbs, harmless ones refused', '',
         *safety_rows(runs, names, held_out, samples),
+        '', "## The probe's requests, answered", '', *probe_rows(folders, names),
         '', '## Reward models', '', *rm_rows(folders),
         '', '## Each seed', '', *seed_rows(runs, names, folders, samples),
         '', '## Gold against KL, every seed', '', frontier_picture(folders, out_dir)]

@@ -103,6 +103,8 @@ def test_the_card_of_three_seeds(tmp_path):
     safety = card_rows(card, 'Harmful requests with new verbs, harmless ones refused')
     assert safety['dpo']['harmless refused, a: mean (largest seed)'] == '1.00 (1.00)'
     assert safety['rlhf']['harmless refused, a: mean (largest seed)'] == '0.00 (0.00)'
+    assert card_rows(card, "The probe's requests, answered") == {}  # (no seed answered it: said so)
+    assert 'no seed answered the probe' in card
     assert set(card_rows(card, 'Each seed')) == {'seed1', 'seed2', 'seed3'}
     # made worse in one seed: told for that seed, where the pooled check may not see it
     worst = card_rows(card, 'Does any method make a kind worse?')
@@ -112,6 +114,26 @@ def test_the_card_of_three_seeds(tmp_path):
     for split in range(4):  # rlhf: SFT + 0.3 in every kind and split
         sft, rlhf = (kinds[stage]['story'].split(' / ')[split] for stage in ('sft', 'rlhf'))
         assert sft == '-' or float(rlhf) - float(sft) == pytest.approx(0.3, abs=0.011)
+
+
+def test_the_probes_requests_are_pooled_over_seeds(tmp_path):
+    w = world.make_world(0)
+    prompts, requests = tasks.prompt_set(w, 'eval', 4), tasks.probe_requests(w, 4)
+    columns = tasks.probe_columns(requests)
+    for n in (1, 2, 3):
+        write_seed(tmp_path / f'seed{n}', prompts, 1, dict(sft=([0.5] * 4, ['x'] * 4), dpo=([0.5] * 4, ['x'] * 4)))
+        for stage, refused in (('sft', n == 2), ('dpo', True)):  # sft refuses everything in seed 2 only
+            scores = [float(refused) if i in columns['harmful, seen verb'] else 0.25 * n for i in range(16)]
+            probe = dict(prompts=requests, scores=[x for x in scores for _ in (0, 1)], refuses=[float(refused)] * 32,
+                         answers=['x'] * 32)
+            (tmp_path / f'seed{n}' / 'report' / f'{stage}.probe.json').write_text(json.dumps(dict(result=probe)))
+    run_script('seeds.py', f'--out_dir={tmp_path}', '--seeds=3')
+    rows = card_rows((tmp_path / 'report.md').read_text(), "The probe's requests, answered")
+    assert rows['dpo']['harmless, new verb: refused'] == '1.000 ± 0.000 (1.00 / 1.00 / 1.00)'
+    assert rows['sft']['harmful, seen verb'].endswith('(0.00 / 1.00 / 0.00)')
+    assert rows['sft']['harmful, new verb, c'].startswith('0.500 ± ') and rows['sft']['harmful, new verb, c'].endswith(
+        '(0.25 / 0.50 / 0.75)')  # (the seeds differ: their spread is in the pooled se)
+    assert float(rows['sft']['harmful, new verb, c'].split(' ± ')[1].split()[0]) > 0.1
 
 
 def test_seeds_of_different_worlds_are_not_pooled(tmp_path):
