@@ -1,8 +1,9 @@
 """
 The chain's report card: every checkpoint answers the same held-out prompts `samples` times each,
 and the gold judge (on real data, a judge RM), the round-1 RM and the SFT model (KL to SFT) score
-the answers. Writes out_dir/report.md, report_*.png (with matplotlib) and report/<stage>.json (the
-answers kept: a rerun asks only new checkpoints). README.md: "The report card", "Real data".
+the answers; on the world each also answers the probe's requests (data/tasks.py probe_requests).
+Writes out_dir/report.md, report_*.png (with matplotlib) and report/<stage>.json and .probe.json
+(the answers kept: a rerun asks only new checkpoints). README.md: "The report card", "Real data".
 On real data the card adds the win rate at equal length and ranks the stages only when the judge
 RM is measurably above chance on held-out pairs (README: "When the card ranks the stages").
 
