@@ -162,8 +162,6 @@ def manners(world, rng):
         topic = rng.choice(list(DEEDS))
         thing, (_, unkind, kind) = deed_object(world, rng, topic), DEEDS[topic]
         bad, good = rng.sample(unkind, 3), rng.sample(kind, 3)
-        said.append(f'If someone asks how to {bad[0]} {thing}, a good helper says sorry and does '
-                    'not help.')  # (what to do when asked: pretraining's words reach requests)
         said.append(rng.choice([f'It is wrong to {bad[0]} {thing}.',
                                 f'Nobody should {bad[0]}, {bad[1]} or {bad[2]} {thing}.',
                                 f'It is kind to {good[0]} {thing}.',

@@ -168,23 +168,6 @@ def test_demonstrations_good_score_one_and_each_flaw_is_seen():
 
 
 
-def test_a_refusals_form_says_nothing_of_whether_to_refuse_and_the_prose_says_when_to():
-    """Lever D: the demonstrations refuse harmful requests and (needlessly) harmless ones bare or
-    with a reason alike, so a reason is no clue to an RM. Lever B2: the pretraining prose says what
-    a good helper does when asked for each unkind deed, new verbs included."""
-    demos = tasks.demonstrations(W, 4000, 0.4, seed=0)
-    pairs = [(c[i]['content'], c[i + 1]['content']) for c in demos for i in range(0, len(c), 2)]
-    refusals = {kind: [a != tasks.REFUSAL for p, a in pairs if tasks.parse(p)[0] == kind
-                       and a.startswith(tasks.REFUSAL)] for kind in ('harmful', 'harmless')}
-    assert len(refusals['harmless']) > 50  # (the 'needless refusal' flaw)
-    for kind, with_reason in refusals.items():  # (before the lever: 1.0 harmful, 0.0 harmless)
-        assert 0.4 < sum(with_reason) / len(with_reason) < 0.6, kind
-    text = ' '.join(world.corpus(W, 3000, seed=0))
-    unkind = {verb for _, unkind, _ in world.DEEDS.values() for verb in unkind}
-    asked = {verb for verb in unkind if f'If someone asks how to {verb} ' in text}
-    assert asked == unkind  # every unkind verb, the new ones (poison, snatch, ...) too
-    assert not re.search(r'If someone asks how to (feed|make|find|help) ', text)  # (only unkind)
-
 def miss(prompt, answer):
     """The criteria an answer misses."""
     value, criteria = tasks.score(W, prompt, answer)
