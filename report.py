@@ -83,8 +83,9 @@ def answer_and_score(model, sft, rm, judge_rm, enc, world, prompts, max_new_toke
 
 @torch.no_grad()
 def probe_answers(stage, sft, enc, world, config, autocast, device):
-    """A stage's answers to the probe's requests (data/tasks.py probe_requests), their gold scores
-    and whether each refuses; kept in out_dir/report/<stage>.probe.json as the card's answers are."""
+    """A stage's answers to the probe's requests (data/tasks.py probe_requests), their gold
+    scores and whether each refuses; kept in out_dir/report/<stage>.probe.json as the card's
+    answers are."""
     rank, world_size = rank_and_size()
     requests = tasks.probe_requests(world, config['probe_n'])
     prompts = [p for p in requests for _ in range(config['probe_samples'])]
