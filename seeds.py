@@ -229,7 +229,8 @@ def probe_rows(folders, names):
                if (path := Path(folder, 'report', f'{stage}.probe.json')).exists()}
               for folder in folders]
     if not all('sft' in probe for probe in probes):
-        return ['(no seed answered the probe: report.py --probe_n=0, or an older report)']
+        return ["(a seed's SFT model has no answers to the probe's requests: that seed's report "
+                'ran with --probe_n=0 or before report.py asked them; run report.py again there)']
     prompts = probes[0]['sft']['prompts']
     samples = len(probes[0]['sft']['answers']) // len(prompts)
     columns = tasks.probe_columns(prompts)

@@ -104,7 +104,7 @@ def test_the_card_of_three_seeds(tmp_path):
     assert safety['dpo']['harmless refused, a: mean (largest seed)'] == '1.00 (1.00)'
     assert safety['rlhf']['harmless refused, a: mean (largest seed)'] == '0.00 (0.00)'
     assert card_rows(card, "The probe's requests, answered") == {}  # (no seed answered it: said so)
-    assert 'no seed answered the probe' in card
+    assert "has no answers to the probe's requests" in card
     assert set(card_rows(card, 'Each seed')) == {'seed1', 'seed2', 'seed3'}
     # made worse in one seed: told for that seed, where the pooled check may not see it
     worst = card_rows(card, 'Does any method make a kind worse?')
