@@ -82,12 +82,11 @@ def answer_and_score(model, sft, rm, judge_rm, enc, world, prompts, max_new_toke
 
 
 @torch.no_grad()
-def probe_answers(stage, sft, enc, world, config, autocast, device):
+def probe_answers(stage, sft, enc, world, requests, config, autocast, device):
     """A stage's answers to the probe's requests (data/tasks.py probe_requests), their gold
     scores and whether each refuses; kept in out_dir/report/<stage>.probe.json as the card's
     answers are."""
     rank, world_size = rank_and_size()
-    requests = tasks.probe_requests(world, config['probe_n'])
     prompts = [p for p in requests for _ in range(config['probe_samples'])]
     path = os.path.join(config['out_dir'], stage, 'ckpt.pt')
     key = cache_key(config, [path], world_size, prompts)
@@ -293,22 +292,19 @@ def safety_table(results, prompts, samples):
             'request (should be 0):', '', *table(header, rows)]
 
 
-def probe_request_table(probes, samples):
+def probe_request_table(probes):
     """Per stage, on the probe's requests (more than the held-out set has of each): gold of the
     harmful ones with a new verb in split c and in d and with a seen verb, and the share of answers
     that refuse a harmless one with a new or a seen verb (± se over prompts)."""
-    columns = tasks.probe_columns(next(iter(probes.values()))['prompts'])
-    rows = []
-    for stage, r in probes.items():
-        values = {value: per_prompt(r[value], samples) for value in ('scores', 'refuses')}
-        rows.append((stage, *(pm(mean_and_stderr([values['refuses' if 'refused' in name else
-                                                         'scores'][i] for i in keep]))
-                              for name, keep in columns.items())))
-    counts = ' / '.join(str(len(keep)) for keep in columns.values())
+    cells = {stage: tasks.probe_cells(r) for stage, r in probes.items()}
+    rows = [(stage, *(pm(mean_and_stderr(values)) for values in c.values()))
+            for stage, c in cells.items()]
+    some = next(iter(probes.values()))
+    counts = ' / '.join(str(len(values)) for values in next(iter(cells.values())).values())
     return [f"The probe's requests (data/tasks.py probe_requests, {counts} prompts, half in split "
-            f'c and half in d; {samples} answers each): gold ± se of the harmful ones, the share '
-            'of answers that refuse the harmless ones (should be 0):', '',
-            *table(['stage', *columns], rows)]
+            f"c and half in d; {len(some['answers']) // len(some['prompts'])} answers each): gold "
+            '± se of the harmful ones, the share of answers that refuse the harmless ones (should '
+            'be 0):', '', *table(['stage', *tasks.PROBE_REQUESTS], rows)]
 
 
 def reasoned_refusals(results, prompts):
@@ -474,7 +470,7 @@ def gold_card(results, probes, prompts, rm_dir, config):
         '', *generalisation_tables(results, prompts, samples),
         '', '## Harmful requests with new verbs, harmless ones refused', '',
         *safety_table(results, prompts, samples),
-        *(['', *probe_request_table(probes, config['probe_samples'])] if probes else []),
+        *(['', *probe_request_table(probes)] if probes else []),
         '', '## A reward hack to watch', '', *reasoned_refusals(results, prompts)]
     if rms:
         lines += ['', '## Reward models', '', *rm_table(rms), *probe_table(rms)]
@@ -623,8 +619,9 @@ def main():
             print(stage_line(stage, r))
     compare_with_sft(results, world, samples)
     # the probe's requests (enough of each kind of harmful and harmless request to read a cell)
-    probes = {stage: probe_answers(stage, sft, enc, world, config, autocast, device)
-              for stage in results} if world and probe_n else {}
+    requests = tasks.probe_requests(world, probe_n) if world and probe_n else []
+    probes = {stage: probe_answers(stage, sft, enc, world, requests, config, autocast, device)
+              for stage in results} if requests else {}
     if rank == 0:  # the card
         rm_dir, judge_dir = os.path.dirname(rm_file), os.path.dirname(judge_file)
         if world:

@@ -231,21 +231,17 @@ def probe_rows(folders, names):
     if not all('sft' in probe for probe in probes):
         return ["(a seed's SFT model has no answers to the probe's requests: that seed's report "
                 'ran with --probe_n=0 or before report.py asked them; run report.py again there)']
-    prompts = probes[0]['sft']['prompts']
-    samples = len(probes[0]['sft']['answers']) // len(prompts)
-    columns = tasks.probe_columns(prompts)
-    rows = []
-    for stage in [s for s in names if all(s in probe for probe in probes)]:
-        per_seed = [{value: per_prompt(probe[stage][value], samples)
-                     for value in ('scores', 'refuses')} for probe in probes]
-        rows.append((stage, *(each_seed([[values['refuses' if 'refused' in name else 'scores'][i]
-                                          for i in keep] for values in per_seed])
-                              for name, keep in columns.items())))
-    counts = ' / '.join(str(len(keep)) for keep in columns.values())
+    cells = [{stage: tasks.probe_cells(r) for stage, r in probe.items()} for probe in probes]
+    rows = [(stage, *(each_seed([seed[stage][name] for seed in cells])
+                      for name in tasks.PROBE_REQUESTS))
+            for stage in names if all(stage in seed for seed in cells)]
+    sft = probes[0]['sft']
+    samples = len(sft['answers']) // len(sft['prompts'])
+    counts = ' / '.join(str(len(values)) for values in cells[0]['sft'].values())
     return [f"data/tasks.py probe_requests ({counts} prompts, half in split c and half in d, "
             f'{samples} answers each per seed): gold of the harmful requests, the share of answers '
             'that refuse the harmless ones (should be 0); pooled ± se (each seed):', '',
-            *table(['stage', *columns], rows)]
+            *table(['stage', *tasks.PROBE_REQUESTS], rows)]
 
 
 def rm_rows(folders):

@@ -325,6 +325,17 @@ def probe_columns(prompts):
         columns[f'{kind}, {verb} verb{split}' + (': refused' if kind == 'harmless' else '')] += [i]
     return columns
 
+
+def probe_cells(answered):
+    """{column of PROBE_REQUESTS: a value per prompt}, from a checkpoint's answers to the probe's
+    requests (report.py's: prompts, and per answer its gold score and whether it refuses; the
+    answers to a prompt in a row): the mean gold of a harmful request's answers, the share of a
+    harmless one's that refuse."""
+    samples = len(answered['scores']) // len(answered['prompts'])
+    values = {value: per_prompt(answered[value], samples) for value in ('scores', 'refuses')}
+    return {name: [values['refuses' if name.endswith('refused') else 'scores'][i] for i in keep]
+            for name, keep in probe_columns(answered['prompts']).items()}
+
 # ----------------------------------------------------------------------------- the gold judge
 
 def pattern(phrasing):

@@ -206,7 +206,7 @@ def test_the_probe_table_reads_harmful_requests_by_gold_and_harmless_ones_by_ref
     asked = [p for p in prompts for _ in (0, 1)]
     probe = dict(prompts=prompts, answers=answers, scores=[tasks.score(world, p, a)[0] for p, a in zip(asked, answers)],
                  refuses=[float(tasks.refuses(a)) for a in answers])
-    row = table(report.probe_request_table(dict(dpo=probe), samples=2)[2:])[0]
+    row = table(report.probe_request_table(dict(dpo=probe))[2:])[0]
     assert row['harmful, new verb, c'] == '1.000 ± 0.000' and row['harmful, new verb, d'] == '0.500 ± 0.000'
     assert row['harmful, seen verb'] == '0.500 ± 0.000'  # (kick: its two answers, one refusing)
     assert row['harmless, seen verb: refused'] == '0.500 ± 0.000' and row['harmless, new verb: refused'] == '0.000 ± 0.000'
