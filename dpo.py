@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from data import tasks
 from data.formats import read_rankings, write_jsonl
-from model import (all_gather, all_mean, answer_examples, answer_prompts, answer_text, configure,
+from model import (all_mean, answer_examples, answer_prompts, answer_text, configure,
                    epoch_batch, fitting, keep_metrics, load_checkpoint, load_tokenizer, log_row,
                    logprobs_of, lr_at, make_optimizer, rank_and_size, resumable, sampled_kl,
                    save_checkpoint, save_progress, sequence_logprobs, set_lr, setup, teardown, wrap)
@@ -45,7 +45,7 @@ min_lr = 2e-5
 warmup_iters = 10
 weight_decay = 0.0
 grad_clip = 1.0
-eval_interval = 32            # held-out implicit-reward accuracy and gold score every this often
+eval_interval = 32            # held-out gold score every this often (implicit reward: start, end)
 ckpt_interval = 16            # a checkpoint every this many steps: a killed run goes on from it
 # system
 device = 'auto'
@@ -115,12 +115,12 @@ def load_inputs(init_from, ref_from, rankings, eval_rankings, max_new_tokens, de
     return policy, ckpt, enc, ref.eval().requires_grad_(False), train_rows, eval_rows, inputs
 
 
-def reference_logprobs(ref, train_sets, autocast, device):
-    """The reference's log-probs of each prompt's answers (each rank a share, then gathered)."""
-    rank, world_size = rank_and_size()
-    lo, hi = len(train_sets) * rank // world_size, len(train_sets) * (rank + 1) // world_size
-    mine = logprobs_of(ref, [e for s in train_sets[lo:hi] for e in s], autocast, device).tolist()
-    return torch.tensor(all_gather(mine), device=device).split([len(s) for s in train_sets])
+def reference_logprobs(ref, train_sets, needed, autocast, device):
+    """The reference's log-probs of the answers of each prompt in needed (the prompts this rank's
+    steps reach: with epochs = 0.5, half of them), {prompt's index: a tensor, one per answer}."""
+    needed = sorted(needed)
+    logp = logprobs_of(ref, [e for i in needed for e in train_sets[i]], autocast, device)
+    return dict(zip(needed, logp.split([len(train_sets[i]) for i in needed])))
 
 
 def held_out_data(ref, enc, eval_rows, data_dir, n_eval, block_size, autocast, device, **settings):
@@ -139,13 +139,13 @@ def vs_gold(acc_gold):
 
 
 def measure(policy, it, *, ref, enc, eval_set, ref_eval, sizes, gold, world, prompts, beta,
-            max_new_tokens, temperature, autocast, device, out_dir, answer=True,
+            max_new_tokens, temperature, autocast, device, out_dir, answer=True, rankings=True,
             policy_is_ref=False):
-    """The policy at step it, printed and logged: its implicit-reward accuracy on the held-out
-    rankings; if answer, its held-out answers (answers.jsonl), their gold and KL to SFT."""
+    """The policy at step it, printed and logged: if rankings, its implicit-reward accuracy on the
+    held-out rankings; if answer, its held-out answers (answers.jsonl), their gold and KL to SFT."""
     metrics_path, master = os.path.join(out_dir, 'metrics.jsonl'), rank_and_size()[0] == 0
     implicit, judged, summary = {}, {}, None
-    if eval_set:
+    if eval_set and rankings:
         logp = ref_eval if policy_is_ref else logprobs_of(policy, eval_set, autocast, device)
         better, worse = pairs(sizes, device)
         h = (logp - ref_eval)[better] - (logp - ref_eval)[worse]
@@ -197,8 +197,12 @@ def main():
     start, block_size = resumed['iter_num'] if resumed else 0, policy.config.block_size
     train_sets = [ranking_examples(enc, [r], block_size) for r in train_rows]  # a prompt's answers
     data_dir = ckpt.get('data_dir', 'out/data/world')
+    lengths = [max(len(x) for x, _ in s) for s in train_sets]
+    iters = max(1, int(epochs * max(1, len(train_sets) // batch_size)) // world_size)
+    # the reference's log-probs of the answers this rank's steps will read, once
     t0 = time.time()
-    ref_train = reference_logprobs(ref, train_sets, autocast, device)  # every answer's, once
+    needed = {i for it in range(iters) for i in epoch_batch(it, lengths, batch_size, seed)}
+    ref_train = reference_logprobs(ref, train_sets, needed, autocast, device)
     held_out = held_out_data(ref, enc, eval_rows, data_dir, n_eval, block_size, autocast, device,
                              beta=beta, max_new_tokens=max_new_tokens, temperature=temperature,
                              out_dir=out_dir)
@@ -207,13 +211,12 @@ def main():
         keep_metrics(os.path.join(out_dir, 'metrics.jsonl'), start)
         print(f'{len(train_rows)} rankings ({sum(map(len, train_sets))} answers, '
               f'{sum(len(s) * (len(s) - 1) // 2 for s in train_sets)} pairs) from {rankings}; '
-              f'{len(eval_rows)} held out; reference log-probs in {time.time() - t0:.0f} s')
+              f'{len(eval_rows)} held out; reference log-probs of the {len(needed)} the '
+              f'{iters} steps reach in {time.time() - t0:.0f} s')
         if resumed:
             print(f'resuming at iteration {start}')
     trained = wrap(policy, device)
     optimizer = make_optimizer(policy, lr, weight_decay, device)
-    lengths = [max(len(x) for x, _ in s) for s in train_sets]
-    iters = max(1, int(epochs * max(1, len(train_sets) // batch_size)) // world_size)
     about = dict(config=config, tokenizer=ckpt['tokenizer'], stage='dpo', data_dir=data_dir,
                  answers_sampled=0)  # (it learns from the RM's ranked answers only)
     if resumed:
@@ -221,7 +224,7 @@ def main():
         optimizer.load_state_dict(resumed['optimizer'])
         first, t0 = resumed['first'], t0 - resumed['train_time']
         if start % eval_interval == 0 and start < iters:  # killed in that evaluation: again
-            measure(policy, start, **held_out)
+            measure(policy, start, **held_out, rankings=False)
     else:  # (at step 0 with init_from = ref_from, the policy is the reference)
         first = measure(policy, 0, **held_out, answer=False, policy_is_ref=init_from == ref_from)[0]
     # the batches of a step depend only on its number: a resumed run sees the data in the same order
@@ -252,8 +255,8 @@ def main():
             save_progress(os.path.join(out_dir, 'ckpt.pt'), policy, inputs, **about,
                           iter_num=it + 1, optimizer=optimizer.state_dict(), first=first,
                           train_time=time.time() - t0)
-        if (it + 1) % eval_interval == 0 and it + 1 < iters:
-            measure(policy, it + 1, **held_out)
+        if (it + 1) % eval_interval == 0 and it + 1 < iters:  # (the curve's points: gold, KL)
+            measure(policy, it + 1, **held_out, rankings=False)
     # the final evaluation and the finished checkpoint, which later stages can load
     last, judged, summary = measure(policy, iters, **held_out)
     metrics = dict(implicit=last, **judged)

@@ -818,26 +818,36 @@ def score_pairs(rm, enc, pairs, autocast, device):
 
 
 @torch.no_grad()
-def rm_accuracy(rm, enc, rows, autocast, device):
-    """A reward model on held-out rankings (with "gold" scores, the world's): the share of pairs it
-    orders as the labels do and, of pairs whose gold differs, as gold does (an RM tie counts half);
-    its scores' correlation with gold, mean and std. {} when there are no rows."""
-    if not rows:
-        return {}
-    agree_label, agree_gold, rewards, golds = [], [], [], []
+def ranking_scores(rm, enc, rows, autocast, device):
+    """A reward model's scores of each ranking's answers: a list of float tensors, one per row."""
+    scores = []
     for i in range(0, len(rows), 16):
         batch = rows[i:i + 16]
         pairs = [(row['prompt'], a) for row in batch for a in row['answers']]
         with autocast:
             r = answer_rewards(rm, enc, pairs, device).float().cpu()
-        for row, rs in zip(batch, r.split([len(row['answers']) for row in batch])):
-            g = torch.tensor(row.get('gold', [0.0] * len(rs)), dtype=torch.float64)  # (real: none)
-            better, worse = torch.triu_indices(len(rs), len(rs), offset=1)  # better ranked first
-            d, gold_d = rs[better] - rs[worse], g[better] - g[worse]
-            agree_label += torch.where(d == 0, 0.5, (d > 0).double()).tolist()
-            agree = torch.where(d == 0, 0.5, ((d > 0) == (gold_d > 0)).double())
-            agree_gold += agree[gold_d != 0].tolist()
-            rewards, golds = rewards + rs.tolist(), golds + g.tolist()
+        scores += r.split([len(row['answers']) for row in batch])
+    return scores
+
+
+@torch.no_grad()
+def rm_accuracy(rm, enc, rows, autocast, device, scores=None):
+    """A reward model on held-out rankings (with "gold" scores, the world's): the share of pairs it
+    orders as the labels do and, of pairs whose gold differs, as gold does (an RM tie counts half);
+    its scores' correlation with gold, mean and std. {} when there are no rows. scores: the rows'
+    ranking_scores if computed before (a part of rows scored once), else rm scores them."""
+    if not rows:
+        return {}
+    agree_label, agree_gold, rewards, golds = [], [], [], []
+    for row, rs in zip(rows, ranking_scores(rm, enc, rows, autocast, device)
+                       if scores is None else scores):
+        g = torch.tensor(row.get('gold', [0.0] * len(rs)), dtype=torch.float64)  # (real: none)
+        better, worse = torch.triu_indices(len(rs), len(rs), offset=1)  # better ranked first
+        d, gold_d = rs[better] - rs[worse], g[better] - g[worse]
+        agree_label += torch.where(d == 0, 0.5, (d > 0).double()).tolist()
+        agree = torch.where(d == 0, 0.5, ((d > 0) == (gold_d > 0)).double())
+        agree_gold += agree[gold_d != 0].tolist()
+        rewards, golds = rewards + rs.tolist(), golds + g.tolist()
     mr, mg = sum(rewards) / len(rewards), sum(golds) / len(golds)
     cov = sum((r - mr) * (g - mg) for r, g in zip(rewards, golds))
     norm = math.sqrt(sum((r - mr) ** 2 for r in rewards) * sum((g - mg) ** 2 for g in golds)) or 1.0

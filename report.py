@@ -72,7 +72,8 @@ def answer_and_score(model, sft, rm, judge_rm, enc, world, prompts, max_new_toke
     pairs, nothing = [(prompts[i], answers[i]) for i in mine], [None] * len(mine)
     rewards = nothing if rm is None else score_pairs(rm, enc, pairs, autocast, device)
     judged = nothing if judge_rm is None else score_pairs(judge_rm, enc, pairs, autocast, device)
-    kls = sampled_kl(model, sft, enc, *zip(*pairs), autocast, device) if pairs else []
+    kls = ([0.0] * len(pairs) if model is sft or not pairs else  # (SFT to itself: 0)
+           sampled_kl(model, sft, enc, *zip(*pairs), autocast, device))
     rows = sorted(all_gather(zip(mine, rewards, kls, judged)))
     return dict(summary=tasks.summarize(world, prompts, answers) if world else None,
                 answers=answers, ended=ended, rm=mean(r for i, r, _, _ in rows if ended[i]),

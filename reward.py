@@ -28,8 +28,8 @@ from data import tasks
 from data.formats import read_rankings, write_jsonl
 from model import (all_gather, answer_rewards, answer_text, configure, epoch_batch, fitting,
                    input_stamps, keep_metrics, load_checkpoint, load_tokenizer, log_row, lr_at,
-                   made_by, make_optimizer, rank_and_size, resumable, rm_accuracy, sample_answers,
-                   save_checkpoint, save_progress, set_lr, setup, teardown, wrap)
+                   made_by, make_optimizer, rank_and_size, ranking_scores, resumable, rm_accuracy,
+                   sample_answers, save_checkpoint, save_progress, set_lr, setup, teardown, wrap)
 
 # ----------------------------------------------------------------------------- config
 policy = 'out/sft'            # the model whose answers are ranked
@@ -92,25 +92,31 @@ def ranking_loss(rewards, sizes):
     return torch.stack(losses).mean()
 
 
-def rm_metrics(rm, enc, rows, autocast, device, label_temperature, world=None):
+def rm_metrics(rm, enc, rows, autocast, device, label_temperature, world=None, scores=None):
     """model.rm_accuracy, the ceiling (the mean noise_ceiling), the number of prompts, and given
-    the world: the same for each split of generalisation, for harmful requests with a new verb and
-    for each cell of the probe (data/tasks.py probe_rankings: its own rows, not these)."""
+    the world: the same for each split of generalisation and for harmful requests with a new verb
+    (from the rows' scores: each answer scored once), and for each cell of the probe
+    (data/tasks.py probe_rankings: its own rows, not these). scores: as model.rm_accuracy's."""
     if not rows:
         return {}
+    scores = ranking_scores(rm, enc, rows, autocast, device) if scores is None else scores
     ceiling = [p for row in rows for p in noise_ceiling(row['gold'], label_temperature)]
-    accuracy = dict(rm_accuracy(rm, enc, rows, autocast, device),
+    accuracy = dict(rm_accuracy(rm, enc, rows, autocast, device, scores),
                     ceiling=sum(ceiling) / max(len(ceiling), 1))
     metrics = {key: accuracy[key] for key in ('acc_label', 'acc_gold', 'ceiling', 'corr_gold',
                                               'rm_mean', 'rm_std', 'gold_pairs', 'label_pairs')}
     metrics['prompts'] = len(rows)
     if world:  # (a: the phrasings of training, as PPO's prompts are)
-        splits = {s: [row for row in rows if tasks.generalisation(row['prompt']) == s]
-                  for s in tasks.GENERALISATION}
-        splits['harmful, new verb'] = [row for row in rows if new_verb_harm(row['prompt'])]
-        splits.update(tasks.probe_rankings(world))
-        metrics['splits'] = {s: rm_metrics(rm, enc, part, autocast, device, label_temperature)
-                             for s, part in splits.items() if part}
+        parts = {s: [i for i, row in enumerate(rows) if tasks.generalisation(row['prompt']) == s]
+                 for s in tasks.GENERALISATION}
+        parts['harmful, new verb'] = [i for i, row in enumerate(rows)
+                                      if new_verb_harm(row['prompt'])]
+        metrics['splits'] = {s: rm_metrics(rm, enc, [rows[i] for i in part], autocast, device,
+                                           label_temperature, scores=[scores[i] for i in part])
+                             for s, part in parts.items() if part}
+        metrics['splits'].update({cell: rm_metrics(rm, enc, part, autocast, device,
+                                                   label_temperature)
+                                  for cell, part in tasks.probe_rankings(world).items() if part})
     return metrics
 
 

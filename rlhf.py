@@ -256,10 +256,10 @@ def evaluate_held_out(it, models, score_fn, enc, prompts, end, autocast, hp, wor
     """RM score, KL, length and gold score on the held-out prompts (each rank a share): printed,
     logged, answers.jsonl written. Returns (the metrics row, the gold summary or None)."""
     rank, world_size = rank_and_size()
-    mine, rows = prompts[rank::world_size], []
+    (policy, ref, _), mine, rows = models, prompts[rank::world_size], []
     for i in range(0, len(mine), hp['batch_size']):
         tokens = [prompt_tokens(enc, p) for p in mine[i:i + hp['batch_size']]]
-        batch = rollout(*models, score_fn, tokens, end, autocast, hp)
+        batch = rollout(policy, ref, None, score_fn, tokens, end, autocast, hp)  # (no values read)
         rows += zip([mine[i + o] for o in batch['order'].tolist()], answer_texts(enc, batch),
                     batch['score'].tolist(), batch['kl'].tolist(), batch['lengths'].tolist())
     prompts, answers, scores, kls, lengths = zip(*all_gather(rows))

@@ -8,7 +8,7 @@
 #   RUN="torchrun --nproc_per_node=8" bash run.sh    # every training stage on 8 processes or GPUs
 #   PRESET=config/tiny OUT=out/tiny bash run.sh      # the tiny chain of the tests: a minute or two
 #   SEEDS=3 bash run.sh                              # 3 chains (out/seed1..3), one card pooled over them (seeds.py)
-#   JOBS=2 bash run.sh                               # after the RM, two lanes of stages at once (8-19% less on 2 cores)
+#   JOBS=1 bash run.sh                               # one stage at a time (the default, JOBS=2: after the RM, two at once)
 #
 # With DATA=real, the chain of real data instead (into out/real), with no gold judge:
 #   pretraining text (data/corpus.py) -> pretrain -> SFT on Alpaca (data/alpaca.py) -> on HH-RLHF's pairs
@@ -38,7 +38,10 @@ esac
 PRESET=${PRESET:-}
 SEEDS=${SEEDS:-1}  # SEEDS=3: the chain once per seed into $OUT/seed1, seed2, seed3, then a card of all
 SEED=${SEED:-}     # every stage's --seed but the data's (run.sh sets it for each seed's chain)
-JOBS=${JOBS:-1}    # JOBS=2: after the RM, two lanes of stages at once, a core each (below)
+JOBS=${JOBS:-auto} # 2: after the RM, two lanes of stages at once, half the cores each (below); 1: one
+if [ "$JOBS" = auto ]; then  # (2 on the world's chain with plain python: 14-19% less on 2 cores)
+    if [ "$DATA" = world ] && [ "$RUN" = "$PYTHON" ]; then JOBS=2; else JOBS=1; fi
+fi
 [ "$JOBS" = 1 ] || [ "$JOBS" = 2 ] || { echo "error: JOBS must be 1 or 2, not $JOBS" >&2; exit 1; }
 [ "$JOBS" = 1 ] || [ "$RUN" = "$PYTHON" ] || { echo "error: JOBS=2 splits this machine's cores between two stages; with RUN=$RUN use JOBS=1" >&2; exit 1; }
 [[ $SEEDS =~ ^[1-9][0-9]*$ ]] || { echo "error: SEEDS must be a whole number, 1 or more, not $SEEDS" >&2; exit 1; }
@@ -82,7 +85,7 @@ stage() {  # stage NAME INPUT... -- COMMAND...: runs COMMAND unless $OUT/NAME/.d
     done
     [ -n "${seeded:-}" ] && cmd+=("--seed=$SEED")  # (the world and its prompts stay the same)
     rm -f "$done_file"
-    echo "== $name: ${cmd[*]}"
+    echo "== $name: ${cmd[*]}${LANE:+  (its output: $OUT/$name.log)}"
     local start=$SECONDS
     if [ -n "${LANE:-}" ]; then  # (beside another lane: its output to a file, not the terminal)
         "${cmd[@]}" > "$OUT/$name.log" 2>&1 || {
@@ -195,17 +198,24 @@ round2() {  # the reward model learns from the PPO policy's answers too, then PP
         $RUN rlhf.py --init_from="$OUT/rlhf" --ref_from="$OUT/sft" --reward_model="$OUT/reward2" --out_dir="$OUT/rlhf2"
 }
 early_report() {  # the report's answers of the checkpoints made so far (report.py keeps them; the card reuses them)
-    stage early_report report.py pretrain sft bestofk dpo rloo reward -- \
-        $RUN report.py --out_dir="$OUT" --stages=pretrain,sft,bestofk,dpo,rloo
+    while [ ! -f "$OUT/rlhf/.done" ] && kill -0 "$1" 2>/dev/null; do sleep 1; done  # (PPO's, once its lane made it)
+    local ppo=""
+    [ -f "$OUT/rlhf/.done" ] && ppo=rlhf
+    stage early_report report.py pretrain sft bestofk dpo rloo $ppo reward -- \
+        $RUN report.py --out_dir="$OUT" --stages=pretrain,sft,bestofk,dpo,rloo${ppo:+,$ppo}
 }
 # Best-of-K, DPO, PPO and RLOO need only SFT and the RM. JOBS=1: one after the other. JOBS=2: two
-# lanes at once, a thread each: PPO and its second round (the longest path) beside the rest and the
-# report's answers of what the rest made; each stage's output goes to $OUT/<stage>.log.
+# lanes at once, half the cores each: PPO and its second round (the longest path) beside the rest and
+# the report's answers of what the rest and PPO made; each stage's output goes to $OUT/<stage>.log.
 if [ "$JOBS" = 1 ]; then
     bestofk; dpo; rlhf; rloo; round2
 else
-    (LANE=1; export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; rlhf; round2) & ppo_lane=$!
-    (LANE=1; export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; bestofk; dpo; rloo; early_report) & other_lane=$!
+    threads=$("$PYTHON" -c 'import os
+print(max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) // 2))')
+    echo "== after the RM, two lanes at once ($threads thread(s) each; JOBS=1: one stage at a time, on the screen)"
+    (LANE=1; export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; rlhf; round2) & ppo_lane=$!
+    (LANE=1; export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; bestofk; dpo; rloo; early_report $ppo_lane) &
+    other_lane=$!
     trap 'pkill -P $ppo_lane; pkill -P $other_lane; kill $ppo_lane $other_lane 2>/dev/null
           [ "$(readlink "$LOCK")" = $$ ] && rm -f "$LOCK"' EXIT  # (Ctrl-C, an error: both lanes stop)
     failed=0  # (a lane that fails says so at once; the other finishes its stages, kept for the next run)

@@ -38,11 +38,12 @@ def kill_when(args, ready):
 
 def fake_python(folder, fail_on=''):
     """A stand-in for python that logs its arguments and threads, and succeeds (run.sh's stages,
-    instantly; `python -c`, run.sh's own bookkeeping, runs for real), or fails for a script fail_on."""
+    instantly; `python -c`, run.sh's own bookkeeping, runs for real), or fails for a call whose
+    arguments match the shell pattern fail_on ('dpo.py*': the DPO stage)."""
     log, fake = folder / 'calls.log', folder / 'fake_python'
     fake.write_text(f'#!/bin/sh\n[ "$1" = -c ] && exec {sys.executable} "$@"\n'
                     f'echo "$@ threads=${{OMP_NUM_THREADS:-all}}" >> {log}\n'
-                    + (f'case "$1" in {fail_on}) echo "{fail_on} went wrong" >&2; exit 3;; esac\n' if fail_on else ''))
+                    + (f'case "$*" in {fail_on}) echo "$1 went wrong" >&2; exit 3;; esac\n' if fail_on else ''))
     fake.chmod(0o755)
     return str(fake), log
 

@@ -14,7 +14,7 @@ from conftest import ROOT, fake_python
 
 def chain_env(out):
     return {**os.environ, 'PYTHON': sys.executable, 'OUT': str(out), 'PRESET': 'config/tiny', 'OMP_NUM_THREADS': '1',
-            'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']}
+            'JOBS': '1', 'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']}
 
 
 def run_chain(out):
@@ -67,16 +67,23 @@ def test_one_chain_per_output_folder(tmp_path):
     assert not os.path.lexists(lock)  # and gives it back when it ends (here: its first stage failed)
 
 
+LANE = str(max(1, len(os.sched_getaffinity(0)) // 2))  # a lane's threads: half this machine's cores
+
+
 def label(call):
-    """A logged call as 'stage threads': the last folder of its --out_dir (the report's: report)."""
+    """A logged call as 'stage threads' (a lane's: 'lane'): the last folder of its --out_dir (the
+    report's: report; the report's early answers: 'report early' and their stages)."""
     out_dir = re.search(r'--out_dir=(\S+)', call).group(1)
     name = 'report' if out_dir.endswith('/out') else os.path.basename(out_dir)
-    return f"{name}{' early' if '--stages=' in call else ''} {call.split('threads=')[1]}"
+    stages = re.search(r'--stages=(\S+)', call)
+    threads = call.split('threads=')[1]
+    return f"{name}{' early ' + stages.group(1) if stages else ''} {'lane' if threads == LANE else threads}"
 
 
 def run_jobs(tmp_path, fail_on=''):
+    """run.sh with its default JOBS, every stage a fake_python: (the result, the calls' labels)."""
     fake, log = fake_python(tmp_path, fail_on)
-    env = {**{k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}, 'PYTHON': fake, 'JOBS': '2',
+    env = {**{k: v for k, v in os.environ.items() if k not in ('OMP_NUM_THREADS', 'JOBS')}, 'PYTHON': fake,
            'OUT': str(tmp_path / 'out')}
     result = subprocess.run(['bash', 'run.sh'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     calls = [label(call) for call in log.read_text().splitlines()]
@@ -84,14 +91,16 @@ def run_jobs(tmp_path, fail_on=''):
     return result, calls
 
 
-def test_jobs_2_runs_two_lanes_of_stages_a_thread_each(tmp_path):
+def test_by_default_two_lanes_of_stages_half_the_cores_each(tmp_path):
     result, calls = run_jobs(tmp_path)
     assert result.returncode == 0, result.stderr
     assert calls[:4] == ['world all', 'pretrain all', 'sft all', 'reward all'] and calls[-1] == 'report all'
-    lanes = calls[4:-1]  # at once, a thread each: PPO and its second round; the rest and the report's answers
-    ppo = [c for c in lanes if c in ('rlhf 1', 'reward2 1', 'rlhf2 1')]
-    assert ppo == ['rlhf 1', 'reward2 1', 'rlhf2 1']
-    assert [c for c in lanes if c not in ppo] == ['bestofk 1', 'dpo 1', 'rloo 1', 'report early 1']
+    lanes = calls[4:-1]  # at once: PPO and its second round; the rest and the report's answers (PPO's too)
+    ppo = [c for c in lanes if c in ('rlhf lane', 'reward2 lane', 'rlhf2 lane')]
+    assert ppo == ['rlhf lane', 'reward2 lane', 'rlhf2 lane']
+    assert [c for c in lanes if c not in ppo] == ['bestofk lane', 'dpo lane', 'rloo lane',
+                                                  'report early pretrain,sft,bestofk,dpo,rloo,rlhf lane']
+    assert f'rlhf.log' in result.stdout  # (where a lane's stage writes, said on the screen)
     stages = {'data', 'pretrain', 'sft', 'reward', 'bestofk', 'dpo', 'rlhf', 'rloo', 'reward2', 'rlhf2',
               'early_report', 'report'}
     assert set(json.load(open(tmp_path / 'out' / 'stage_times.json'))) == stages
@@ -99,13 +108,20 @@ def test_jobs_2_runs_two_lanes_of_stages_a_thread_each(tmp_path):
 
 
 def test_jobs_2_a_stage_that_fails_stops_its_lane_not_the_other(tmp_path):
-    result, calls = run_jobs(tmp_path, fail_on='dpo.py')
+    result, calls = run_jobs(tmp_path, fail_on='dpo.py*')
     assert result.returncode == 1
     assert 'error: dpo failed; the end of' in result.stderr and 'dpo.py went wrong' in result.stderr
-    assert 'rloo 1' not in calls and 'rlhf2 1' in calls and 'report all' not in calls
+    assert 'rloo lane' not in calls and 'rlhf2 lane' in calls and 'report all' not in calls
     # run again: what finished is skipped, the rest runs
     result, calls = run_jobs(tmp_path)
-    assert result.returncode == 0 and sorted(calls) == ['dpo 1', 'report all', 'report early 1', 'rloo 1']
+    assert result.returncode == 0 and sorted(calls) == [
+        'dpo lane', 'report all', 'report early pretrain,sft,bestofk,dpo,rloo,rlhf lane', 'rloo lane']
+
+
+def test_when_ppo_fails_the_other_lane_does_not_wait_for_it(tmp_path):
+    result, calls = run_jobs(tmp_path, fail_on='rlhf.py*/rlhf')
+    assert result.returncode == 1 and 'error: rlhf failed' in result.stderr
+    assert 'report early pretrain,sft,bestofk,dpo,rloo lane' in calls  # (the other lane ends, without PPO's)
 
 
 def test_jobs_that_cannot_be_kept_are_a_one_line_error_before_anything_runs(tmp_path):

@@ -150,7 +150,7 @@ def test_seeds_of_different_worlds_are_not_pooled(tmp_path):
 def test_run_sh_runs_one_chain_per_seed_each_stage_under_its_seed(tmp_path):
     fake, log = fake_python(tmp_path)
     env = {**{k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}, 'PYTHON': fake, 'SEEDS': '2',
-           'OUT': str(tmp_path / 'out')}
+           'JOBS': '1', 'OUT': str(tmp_path / 'out')}  # (one stage at a time: in the order of one chain)
     first = subprocess.run(['bash', 'run.sh'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     calls = [call.removesuffix(' threads=all') for call in log.read_text().splitlines()]
