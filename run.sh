@@ -4,11 +4,11 @@
 # Each stage is skipped when it finished before and nothing it reads changed since (its script,
 # the stages before it), so after a crash or a kill, run it again: it goes on where it stopped.
 #
-#   bash run.sh                                      # 2 CPU cores: 21 min with AVX-512 (bf16), 48 without (fp32)
+#   bash run.sh                                      # 2 CPU cores: 27 min with AVX-512 (bf16), 46 without (fp32)
 #   RUN="torchrun --nproc_per_node=8" bash run.sh    # every training stage on 8 processes or GPUs
 #   PRESET=config/tiny OUT=out/tiny bash run.sh      # the tiny chain of the tests: a minute or two
 #   SEEDS=3 bash run.sh                              # 3 chains (out/seed1..3), one card pooled over them (seeds.py)
-#   JOBS=1 bash run.sh                               # one stage at a time (the default, JOBS=2: after the RM, two at once)
+#   JOBS=1 bash run.sh                               # one stage at a time (by default, after the RM: two at once)
 #
 # With DATA=real, the chain of real data instead (into out/real), with no gold judge:
 #   pretraining text (data/corpus.py) -> pretrain -> SFT on Alpaca (data/alpaca.py) -> on HH-RLHF's pairs
@@ -39,7 +39,7 @@ PRESET=${PRESET:-}
 SEEDS=${SEEDS:-1}  # SEEDS=3: the chain once per seed into $OUT/seed1, seed2, seed3, then a card of all
 SEED=${SEED:-}     # every stage's --seed but the data's (run.sh sets it for each seed's chain)
 JOBS=${JOBS:-auto} # 2: after the RM, two lanes of stages at once, half the cores each (below); 1: one
-if [ "$JOBS" = auto ]; then  # (2 on the world's chain with plain python: 14-19% less on 2 cores)
+if [ "$JOBS" = auto ]; then  # (2 on the world's chain with plain python: its stages after the RM 8-19% faster)
     if [ "$DATA" = world ] && [ "$RUN" = "$PYTHON" ]; then JOBS=2; else JOBS=1; fi
 fi
 [ "$JOBS" = 1 ] || [ "$JOBS" = 2 ] || { echo "error: JOBS must be 1 or 2, not $JOBS" >&2; exit 1; }
