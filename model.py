@@ -830,17 +830,15 @@ def ranking_scores(rm, enc, rows, autocast, device):
     return scores
 
 
-@torch.no_grad()
-def rm_accuracy(rm, enc, rows, autocast, device, scores=None):
-    """A reward model on held-out rankings (with "gold" scores, the world's): the share of pairs it
-    orders as the labels do and, of pairs whose gold differs, as gold does (an RM tie counts half);
-    its scores' correlation with gold, mean and std. {} when there are no rows. scores: the rows'
-    ranking_scores if computed before (a part of rows scored once), else rm scores them."""
+def rm_accuracy(rows, scores):
+    """A reward model on held-out rankings (with "gold" scores, the world's), from its
+    ranking_scores of them: the share of pairs it orders as the labels do and, of pairs whose gold
+    differs, as gold does (an RM tie counts half); its scores' correlation with gold, mean and std.
+    {} when there are no rows."""
     if not rows:
         return {}
     agree_label, agree_gold, rewards, golds = [], [], [], []
-    for row, rs in zip(rows, ranking_scores(rm, enc, rows, autocast, device)
-                       if scores is None else scores):
+    for row, rs in zip(rows, scores):
         g = torch.tensor(row.get('gold', [0.0] * len(rs)), dtype=torch.float64)  # (real: none)
         better, worse = torch.triu_indices(len(rs), len(rs), offset=1)  # better ranked first
         d, gold_d = rs[better] - rs[worse], g[better] - g[worse]

@@ -26,7 +26,7 @@ from data.hh_rlhf import read_prompts
 from data.tasks import mean_and_stderr, per_prompt, win
 from model import (STAGES, all_gather, answer_prompts, answer_text, configure, fitting, fmt,
                    input_stamps, load_checkpoint, load_tokenizer, made_by, pm, rank_and_size,
-                   rm_accuracy, sampled_kl, score_pairs, setup, table, teardown)
+                   ranking_scores, rm_accuracy, sampled_kl, score_pairs, setup, table, teardown)
 
 # ----------------------------------------------------------------------------- config
 out_dir = 'out'        # reads out_dir/<stage>/ckpt.pt, writes out_dir/report.md and report_*.png
@@ -629,7 +629,8 @@ def main():
             lines = gold_card(results, probes, prompts, rm_dir, config)
         else:
             rms = (('proxy', rm_dir, rm), ('judge', judge_dir, judge_rm))
-            accuracy = {f'{name} ({folder})': rm_accuracy(m, enc, held_out_pairs, autocast, device)
+            accuracy = {f'{name} ({folder})': rm_accuracy(held_out_pairs, ranking_scores(
+                            m, enc, held_out_pairs, autocast, device))
                         for name, folder, m in rms if m is not None and held_out_pairs}
             lines = judge_card(results, prompts, accuracy, rm_dir, judge_dir, config)
         Path(out_dir, 'report.md').write_text('\n'.join(lines) + '\n')

@@ -96,12 +96,13 @@ def rm_metrics(rm, enc, rows, autocast, device, label_temperature, world=None, s
     """model.rm_accuracy, the ceiling (the mean noise_ceiling), the number of prompts, and given
     the world: the same for each split of generalisation and for harmful requests with a new verb
     (from the rows' scores: each answer scored once), and for each cell of the probe
-    (data/tasks.py probe_rankings: its own rows, not these). scores: as model.rm_accuracy's."""
+    (data/tasks.py probe_rankings: its own rows, not these). scores: the rows' ranking_scores,
+    if computed before (a part of rows: scored once), else the RM scores them."""
     if not rows:
         return {}
     scores = ranking_scores(rm, enc, rows, autocast, device) if scores is None else scores
     ceiling = [p for row in rows for p in noise_ceiling(row['gold'], label_temperature)]
-    accuracy = dict(rm_accuracy(rm, enc, rows, autocast, device, scores),
+    accuracy = dict(rm_accuracy(rows, scores),
                     ceiling=sum(ceiling) / max(len(ceiling), 1))
     metrics = {key: accuracy[key] for key in ('acc_label', 'acc_gold', 'ceiling', 'corr_gold',
                                               'rm_mean', 'rm_std', 'gold_pairs', 'label_pairs')}
