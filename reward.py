@@ -26,10 +26,12 @@ from tqdm import tqdm
 
 from data import tasks
 from data.formats import read_rankings, write_jsonl
+from data.prepare import get_batch, load_tokens
 from model import (all_gather, answer_rewards, answer_text, configure, epoch_batch, fitting,
                    input_stamps, keep_metrics, load_checkpoint, load_tokenizer, log_row, lr_at,
-                   made_by, make_optimizer, rank_and_size, ranking_scores, resumable, rm_accuracy,
-                   sample_answers, save_checkpoint, save_progress, set_lr, setup, teardown, wrap)
+                   made_by, make_optimizer, rank_and_size, ranking_scores, raw_model, resumable,
+                   rm_accuracy, sample_answers, save_checkpoint, save_progress, set_lr, setup,
+                   teardown, wrap)
 
 # ----------------------------------------------------------------------------- config
 policy = 'out/sft'            # the model whose answers are ranked
@@ -51,6 +53,8 @@ min_lr = 6e-5
 warmup_iters = 10
 weight_decay = 0.1
 grad_clip = 1.0
+ptx_coef = 1.0                # + ptx_coef x the next-token loss on pretraining text (0: the ranking only)
+ptx_data = ''                 #   its tokens (data/prepare.py's folder; '': the policy's, as trained)
 log_interval = 10             # a row of metrics.jsonl every this many iterations
 ckpt_interval = 100           # a checkpoint every this many iterations: a killed run goes on there
 # system
@@ -180,17 +184,22 @@ def sample_and_rank(model, enc, world, split, n, path, stamp, autocast, k, sampl
     return rows
 
 
-def train_step(scorer, optimizer, enc, batch, step_lr, grad_clip, autocast, device):
-    """One AdamW step on a batch of (prompt, answers best first): the ranking loss, clipped."""
+def train_step(scorer, optimizer, enc, batch, step_lr, grad_clip, autocast, device, ptx=None,
+               ptx_coef=0.0):
+    """One AdamW step on a batch of (prompt, answers best first): the ranking loss, plus ptx_coef x
+    the language model's loss on ptx = (x, y), windows of pretraining text (the term InstructGPT
+    adds to PPO, eq. 2, here on the RM: README "The reward model"), clipped. Returns both losses."""
     set_lr(optimizer, step_lr)
     with autocast:
         r = answer_rewards(scorer, enc, [(p, a) for p, answers in batch for a in answers], device)
+        # (the plain model: one backward for both terms, so DDP averages the sum once)
+        lm = raw_model(scorer)(*ptx)[1] if ptx else torch.zeros((), device=device)
     loss = ranking_loss(r.float(), [len(answers) for _, answers in batch])
-    loss.backward()
+    (loss + ptx_coef * lm).backward()
     torch.nn.utils.clip_grad_norm_(scorer.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss
+    return loss, lm
 
 
 def trained_on(rows, n_prompts, n_extra, rankings, seconds):
@@ -265,6 +274,7 @@ def main():
     if before and not resumed:
         log_row(metrics_path, dict(iter=0, when='before', **before))
     about = dict(config=config, tokenizer=ckpt['tokenizer'], stage='reward', data_dir=data_dir)
+    text = load_tokens(ptx_data or data_dir, 'train', rm.config.block_size)[0] if ptx_coef else None
     scorer = wrap(rm.train(), device, compile)
     bar = tqdm(range(start, iters), initial=start, total=iters, desc='reward model',
                disable=process_rank != 0, dynamic_ncols=True)
@@ -272,12 +282,16 @@ def main():
         # this step's batch (prompts of similar length, each with all its answers) and lr
         batch = [data[i] for i in epoch_batch(it, lengths, batch_size, seed)]
         step_lr = lr_at(it, lr, min_lr, warmup_iters, iters)
-        # at that lr: the ranking loss of all pairs, backward, clip, step
-        loss = train_step(scorer, optimizer, enc, batch, step_lr, grad_clip, autocast, device)
+        # and as many windows of pretraining text, each step's own draw (a resumed run's too)
+        ptx = None if text is None else get_batch(text, batch_size, rm.config.block_size,
+                                                  seed * 10**6 + it * world_size + process_rank, device)
+        # at that lr: the ranking loss of all pairs and the text's, backward, clip, step
+        loss, lm = train_step(scorer, optimizer, enc, batch, step_lr, grad_clip, autocast, device,
+                              ptx, ptx_coef)
         # log, and a checkpoint that a killed run goes on from
         if process_rank == 0 and it % log_interval == 0:
-            bar.set_postfix(loss=f'{loss.item():.3f}')
-            log_row(metrics_path, dict(iter=it, loss=loss.item(), lr=step_lr))
+            bar.set_postfix(loss=f'{loss.item():.3f}', text=f'{lm.item():.3f}')
+            log_row(metrics_path, dict(iter=it, loss=loss.item(), ptx_loss=lm.item(), lr=step_lr))
         if ckpt_interval and (it + 1) % ckpt_interval == 0 and it + 1 < iters:
             save_progress(ckpt_path, rm, inputs, **about, iter_num=it + 1, before=before,
                           optimizer=optimizer.state_dict(), train_time=time.time() - t0)
