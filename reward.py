@@ -238,6 +238,10 @@ def main():
                  'answers: pass --n_prompts=0 --n_eval=0 and --rankings=your_rankings.jsonl')
     if not n_prompts and not extra:
         sys.exit('error: nothing to train on: set --n_prompts or --rankings')
+    text_dir = ptx_data or data_dir  # (checked before the sampling, which takes minutes)
+    if ptx_coef and not os.path.exists(os.path.join(text_dir, 'train.bin')):
+        sys.exit(f'error: --ptx_coef={ptx_coef} trains on pretraining text too, and {text_dir} has '
+                 'no train.bin: pass --ptx_data=a folder data/prepare.py wrote, or --ptx_coef=0')
     os.makedirs(out_dir, exist_ok=True)
     # the policy answers each prompt K times and the labeler ranks: to train on, and held out
     t0, stamp = time.time(), dict(config=config, inputs=input_stamps([policy_path]))
@@ -274,7 +278,7 @@ def main():
     if before and not resumed:
         log_row(metrics_path, dict(iter=0, when='before', **before))
     about = dict(config=config, tokenizer=ckpt['tokenizer'], stage='reward', data_dir=data_dir)
-    text = load_tokens(ptx_data or data_dir, 'train', rm.config.block_size)[0] if ptx_coef else None
+    text = load_tokens(text_dir, 'train', rm.config.block_size)[0] if ptx_coef else None
     scorer = wrap(rm.train(), device, compile)
     bar = tqdm(range(start, iters), initial=start, total=iters, desc='reward model',
                disable=process_rank != 0, dynamic_ncols=True)

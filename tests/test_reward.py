@@ -5,6 +5,7 @@ import os
 import random
 from contextlib import nullcontext
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 import reward
 from conftest import kill_when, run_script
 from data import tasks, world
+from data.prepare import get_batch
 from data.formats import is_ranking, read_jsonl
 from model import GPT, GPTConfig, answer_rewards, load_checkpoint, make_optimizer
 
@@ -65,31 +67,59 @@ def test_the_held_out_accuracy_is_told_for_each_split_and_for_harmful_requests_w
     assert sum(metrics['splits'][s]['prompts'] for s in tasks.GENERALISATION) == len(prompts)
 
 
-def test_tiny_reward_model_learns_a_separable_preference(enc):
-    torch.manual_seed(0)
-    rng = random.Random(0)
+def please_pairs(rng, n):
+    """n prompts of random words, each with two answers, the better first: it says 'please'."""
     words = 'the fox owl cat lives in a den and eats berries with Mira Leo in Sunvale'.split()
-
-    def example():  # two answers to a prompt; the better one says 'please'
+    pairs = []
+    for _ in range(n):
         prompt = ' '.join(rng.choices(words, k=5)) + '?'
         plain = ' '.join(rng.choices(words, k=rng.randint(3, 8))) + '.'
         marked = plain.split()
         marked.insert(rng.randint(0, len(marked)), 'please')
-        return prompt, [' '.join(marked), plain] if rng.random() < 0.5 else [' '.join(marked), ' '.join(rng.choices(words, k=6)) + '.']
+        worse = plain if rng.random() < 0.5 else ' '.join(rng.choices(words, k=6)) + '.'
+        pairs.append((prompt, [' '.join(marked), worse]))
+    return pairs
 
-    train, held_out = [example() for _ in range(400)], [example() for _ in range(100)]
+
+def train_tiny_rm(enc, train, steps, text=None, ptx_coef=0.0):
+    """A tiny RM trained with reward.train_step on batches of train (and windows of text)."""
+    torch.manual_seed(0)
+    rng = random.Random(0)
     rm = GPT(GPTConfig(vocab_size=320, block_size=64, n_layer=1, n_head=2, n_embd=32, scalar_head=True))
     optimizer = make_optimizer(rm, 3e-3, 0.0, 'cpu')
-    for step in range(80):
+    for step in range(steps):
         batch = [train[i] for i in rng.sample(range(len(train)), 16)]
-        r = answer_rewards(rm, enc, [(p, a) for p, answers in batch for a in answers], 'cpu')
-        loss = reward.ranking_loss(r, [2] * len(batch))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        ptx = None if text is None else get_batch(text, 8, 63, step, 'cpu')
+        reward.train_step(rm, optimizer, enc, batch, 3e-3, 1.0, nullcontext(), 'cpu', ptx, ptx_coef)
+    return rm
+
+
+def held_out_order(rm, enc, held_out):
+    """The share of held-out pairs the RM orders as they are (the better answer first)."""
     with torch.no_grad():
         r = answer_rewards(rm, enc, [(p, a) for p, answers in held_out for a in answers], 'cpu').view(-1, 2)
-    assert (r[:, 0] > r[:, 1]).float().mean() >= 0.9
+    return (r[:, 0] > r[:, 1]).float().mean()
+
+
+def test_tiny_reward_model_learns_a_separable_preference(enc):
+    rng = random.Random(0)
+    train, held_out = please_pairs(rng, 400), please_pairs(rng, 100)
+    assert held_out_order(train_tiny_rm(enc, train, 80), enc, held_out) >= 0.9
+
+
+def test_the_text_term_keeps_the_reward_model_a_language_model(enc):
+    # the world's prose as tokens: windows of it train the RM's language model head (ptx_coef)
+    prose = np.array(enc.encode_ordinary(' '.join(world.corpus(world.make_world(0), 400))), dtype=np.int64)
+    text, unseen = prose[:len(prose) * 3 // 4], torch.from_numpy(prose[len(prose) * 3 // 4:][:8 * 64]).view(8, 64)
+    rng = random.Random(0)
+    train, held_out = please_pairs(rng, 400), please_pairs(rng, 100)
+    ranking_only, with_text = train_tiny_rm(enc, train, 80), train_tiny_rm(enc, train, 80, text, 1.0)
+    # the loss on text neither saw: a scalar head's model with targets reads its language model head
+    with torch.no_grad():
+        loss = {name: rm(unseen[:, :-1], unseen[:, 1:])[1].item()
+                for name, rm in (('ranking only', ranking_only), ('with text', with_text))}
+    assert loss['with text'] < loss['ranking only'] - 1.0 and loss['with text'] < math.log(320) - 1.0
+    assert held_out_order(with_text, enc, held_out) >= 0.9  # and the preference is learned as well
 
 
 # ----------------------------------------------------------------------------- the stage: whole, and killed then run again
@@ -98,7 +128,7 @@ def killable_args(tiny_chain, out):
     """The tiny preset (a chunk of 2 prompts sampled at a time, a checkpoint every 4 iterations) on
     enough prompts that a kill lands in the middle of sampling or of training."""
     return ['reward.py', 'config/tiny/reward.py', f'--policy={tiny_chain["sft"]}', f'--init_from={tiny_chain["sft"]}',
-            '--n_prompts=64', '--log_interval=1', '--device=cpu', f'--out_dir={out}']
+            '--n_prompts=64', '--log_interval=1', '--ptx_coef=1', '--device=cpu', f'--out_dir={out}']
 
 
 def complete_lines(path):
@@ -128,6 +158,8 @@ def test_reward_stage_on_the_tiny_chain(tiny_chain, whole, tmp_path):
     assert len(rows) <= 64 and all(2 <= len(r['answers']) <= 3 and all(a.strip() for a in r['answers']) for r in rows)
     ckpt = torch.load(whole / 'ckpt.pt', weights_only=True)
     assert ckpt['stage'] == 'reward' and ckpt['model_args']['scalar_head'] and 0 <= ckpt['metrics']['acc_label'] <= 1
+    steps = [json.loads(line) for line in open(whole / 'metrics.jsonl') if '"loss"' in line]
+    assert all(row['ptx_loss'] > 0 for row in steps)  # (the text term, logged beside the loss)
     probe = {name: ckpt['metrics']['splits'][name] for name in tasks.PROBE}  # every cell, scored
     assert all(cell['prompts'] == 100 and 0 <= cell['acc_gold'] <= 1 for cell in probe.values())
     assert sorted(os.listdir(whole)) == ['ckpt.pt', 'eval_rankings.jsonl', 'metrics.jsonl', 'rankings.jsonl',
@@ -212,3 +244,12 @@ def test_non_utf8_rankings_stop_the_script_before_it_writes(tmp_path):
     result = run_script('reward.py', f'--rankings={path}', f'--out_dir={tmp_path / "out"}', '--device=cpu', check=False)
     assert result.returncode != 0 and f'{path}:2: not UTF-8' in result.stderr and 'Traceback' not in result.stderr
     assert not (tmp_path / 'out').exists()
+
+
+def test_the_text_term_without_pretraining_text_stops_before_sampling(tiny_chain, tmp_path):
+    out = tmp_path / 'out'
+    result = run_script(*killable_args(tiny_chain, out), '--ptx_coef=0.5', f'--ptx_data={tmp_path / "none"}',
+                        check=False)
+    assert result.returncode != 0 and 'Traceback' not in result.stderr
+    assert f'{tmp_path / "none"} has no train.bin' in result.stderr and '--ptx_coef=0' in result.stderr
+    assert not out.exists()
