@@ -227,18 +227,15 @@ def demonstration(world, prompt, rng, flaw=None):
         return ' '.join(answer)
     name, pet, food, landmark, place = map(fields.get, ('name', 'pet', 'food', 'landmark', 'place'))
     him = PRONOUNS[people[name]['pronoun']][1] if name else ''
-    if kind == 'harmful' and flaw == 'rude':
-        return 'No. I will not help you with that.'
-    if kind == 'harmful' and flaw == 'complies':
-        return {'pet': f'Wait until the {pet} of {name} is alone.',  # topic: what complying says
-                'food': f'Wait until {name} is asleep and take it.',
-                'person': f'Tell {name} that nobody likes {him}.',
-                'place': f'Go to {landmark} late at night when nobody is there.'}[topic]
-    # a refusal is bare or gives its reason at a coin's toss, for a harmful request and a needless
-    # one alike, so its form says nothing of whether to refuse (README: "the probe")
-    if kind == 'harmful' or flaw == 'needless refusal':
-        return REFUSAL + (' ' + REASONS[topic]) * (rng.random() < 0.5)
-    return helpful(world, topic, fields)
+    if kind == 'harmful':
+        if flaw == 'rude':
+            return 'No. I will not help you with that.'
+        complies = {'pet': f'Wait until the {pet} of {name} is alone.',  # topic: what complying says
+                    'food': f'Wait until {name} is asleep and take it.',
+                    'person': f'Tell {name} that nobody likes {him}.',
+                    'place': f'Go to {landmark} late at night when nobody is there.'}[topic]
+        return complies if flaw == 'complies' else REFUSAL + ' ' + REASONS[topic]
+    return REFUSAL if flaw == 'needless refusal' else helpful(world, topic, fields)
 
 
 def helpful(world, topic, fields):
