@@ -141,8 +141,8 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, n_pad=None):
         """Logits (B, T, vocab) at every position (a scalar head's model: its scalar (B, T)); with
-        targets also the mean cross-entropy over targets that are not -1 (none: 0, not NaN), from the
-        language model's head, which a scalar head's model keeps (reward.py's ptx_coef)."""
+        targets also the mean cross-entropy over targets that are not -1 (none: 0, not NaN), from
+        the language model's head, which a scalar head's model keeps (reward.py's ptx_coef)."""
         h = self.hidden(idx, n_pad)
         if self.scalar_head is not None and targets is None:
             return self.scalar_head(h).squeeze(-1).float(), None

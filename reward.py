@@ -54,7 +54,7 @@ warmup_iters = 10
 weight_decay = 0.1
 grad_clip = 1.0
 ptx_coef = 0.0                # > 0: + ptx_coef x the next-token loss on pretraining text (README)
-ptx_data = ''                 #   its tokens (data/prepare.py's folder; '': the policy's, as trained)
+ptx_data = ''                 #   its tokens (data/prepare.py's folder; '': the policy's)
 log_interval = 10             # a row of metrics.jsonl every this many iterations
 ckpt_interval = 100           # a checkpoint every this many iterations: a killed run goes on there
 # system
@@ -184,22 +184,36 @@ def sample_and_rank(model, enc, world, split, n, path, stamp, autocast, k, sampl
     return rows
 
 
-def train_step(scorer, optimizer, enc, batch, step_lr, grad_clip, autocast, device, ptx=None,
-               ptx_coef=0.0):
+def train_step(scorer, optimizer, enc, batch, step_lr, grad_clip, autocast, device, text=None,
+               ptx_coef=0.0, text_seed=0):
     """One AdamW step on a batch of (prompt, answers best first): the ranking loss, plus ptx_coef x
-    the language model's loss on ptx = (x, y), windows of pretraining text (the term InstructGPT
-    adds to PPO, eq. 2, here on the RM: README "The reward model"), clipped. Returns both losses."""
+    the language model's loss on as many windows of text (pretraining tokens; their draw seeded by
+    text_seed), the term InstructGPT adds to PPO (eq. 2), here on the RM; clipped. Returns both."""
     set_lr(optimizer, step_lr)
     with autocast:
         r = answer_rewards(scorer, enc, [(p, a) for p, answers in batch for a in answers], device)
         # (the plain model: one backward for both terms, so DDP averages the sum once)
-        lm = raw_model(scorer)(*ptx)[1] if ptx else torch.zeros((), device=device)
+        lm = torch.zeros((), device=device) if text is None else raw_model(scorer)(*get_batch(
+            text, len(batch), raw_model(scorer).config.block_size, text_seed, device))[1]
     loss = ranking_loss(r.float(), [len(answers) for _, answers in batch])
     (loss + ptx_coef * lm).backward()
     torch.nn.utils.clip_grad_norm_(scorer.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss, lm
+
+
+def check_inputs(world, n_prompts, n_eval, extra, ptx_coef, text_dir):
+    """A one-line error for what would stop the run later: prompts to rank and no world (so no
+    labeler), nothing to train on, or the text term and no pretraining text in text_dir."""
+    if world is None and (n_prompts or n_eval):
+        sys.exit('error: the policy was not trained on the world, so no labeler can rank its '
+                 'answers: pass --n_prompts=0 --n_eval=0 and --rankings=your_rankings.jsonl')
+    if not n_prompts and not extra:
+        sys.exit('error: nothing to train on: set --n_prompts or --rankings')
+    if ptx_coef and not os.path.exists(os.path.join(text_dir, 'train.bin')):
+        sys.exit(f'error: --ptx_coef={ptx_coef} trains on pretraining text too, and {text_dir} has '
+                 'no train.bin: pass --ptx_data=a folder data/prepare.py wrote, or --ptx_coef=0')
 
 
 def trained_on(rows, n_prompts, n_extra, rankings, seconds):
@@ -233,15 +247,8 @@ def main():
     enc, data_dir = load_tokenizer(ckpt['tokenizer']), ckpt.get('data_dir', 'out/data/world')
     extra = fitting(enc, extra, model.config.block_size, max_new_tokens, rankings)  # (they fit)
     world = tasks.load_world(data_dir)
-    if world is None and (n_prompts or n_eval):
-        sys.exit('error: the policy was not trained on the world, so no labeler can rank its '
-                 'answers: pass --n_prompts=0 --n_eval=0 and --rankings=your_rankings.jsonl')
-    if not n_prompts and not extra:
-        sys.exit('error: nothing to train on: set --n_prompts or --rankings')
-    text_dir = ptx_data or data_dir  # (checked before the sampling, which takes minutes)
-    if ptx_coef and not os.path.exists(os.path.join(text_dir, 'train.bin')):
-        sys.exit(f'error: --ptx_coef={ptx_coef} trains on pretraining text too, and {text_dir} has '
-                 'no train.bin: pass --ptx_data=a folder data/prepare.py wrote, or --ptx_coef=0')
+    text_dir = ptx_data or data_dir  # (the text term's; checked before the minutes of sampling)
+    check_inputs(world, n_prompts, n_eval, extra, ptx_coef, text_dir)
     os.makedirs(out_dir, exist_ok=True)
     # the policy answers each prompt K times and the labeler ranks: to train on, and held out
     t0, stamp = time.time(), dict(config=config, inputs=input_stamps([policy_path]))
@@ -275,8 +282,8 @@ def main():
         keep_metrics(metrics_path, start)
         if resumed:
             print(f'resuming at iteration {start} of {iters}')
-    if before and not resumed:
-        log_row(metrics_path, dict(iter=0, when='before', **before))
+        elif before:
+            log_row(metrics_path, dict(iter=0, when='before', **before))
     about = dict(config=config, tokenizer=ckpt['tokenizer'], stage='reward', data_dir=data_dir)
     text = load_tokens(text_dir, 'train', rm.config.block_size)[0] if ptx_coef else None
     scorer = wrap(rm.train(), device, compile)
@@ -286,12 +293,9 @@ def main():
         # this step's batch (prompts of similar length, each with all its answers) and lr
         batch = [data[i] for i in epoch_batch(it, lengths, batch_size, seed)]
         step_lr = lr_at(it, lr, min_lr, warmup_iters, iters)
-        # and as many windows of pretraining text, each step's own draw (a resumed run's too)
-        ptx = None if text is None else get_batch(text, batch_size, rm.config.block_size,
-                                                  seed * 10**6 + it * world_size + process_rank, device)
-        # at that lr: the ranking loss of all pairs and the text's, backward, clip, step
+        # at that lr: the ranking loss of all pairs and the text's (its own draw a step), a step
         loss, lm = train_step(scorer, optimizer, enc, batch, step_lr, grad_clip, autocast, device,
-                              ptx, ptx_coef)
+                              text, ptx_coef, seed * 10**6 + it * world_size + process_rank)
         # log, and a checkpoint that a killed run goes on from
         if process_rank == 0 and it % log_interval == 0:
             bar.set_postfix(loss=f'{loss.item():.3f}', text=f'{lm.item():.3f}')

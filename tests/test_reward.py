@@ -13,7 +13,6 @@ import torch.nn.functional as F
 import reward
 from conftest import kill_when, run_script
 from data import tasks, world
-from data.prepare import get_batch
 from data.formats import is_ranking, read_jsonl
 from model import GPT, GPTConfig, answer_rewards, load_checkpoint, make_optimizer
 
@@ -89,8 +88,7 @@ def train_tiny_rm(enc, train, steps, text=None, ptx_coef=0.0):
     optimizer = make_optimizer(rm, 3e-3, 0.0, 'cpu')
     for step in range(steps):
         batch = [train[i] for i in rng.sample(range(len(train)), 16)]
-        ptx = None if text is None else get_batch(text, 8, 63, step, 'cpu')
-        reward.train_step(rm, optimizer, enc, batch, 3e-3, 1.0, nullcontext(), 'cpu', ptx, ptx_coef)
+        reward.train_step(rm, optimizer, enc, batch, 3e-3, 1.0, nullcontext(), 'cpu', text, ptx_coef, step)
     return rm
 
 
