@@ -298,8 +298,9 @@ def main():
                               text, ptx_coef, seed * 10**6 + it * world_size + process_rank)
         # log, and a checkpoint that a killed run goes on from
         if process_rank == 0 and it % log_interval == 0:
-            bar.set_postfix(loss=f'{loss.item():.3f}', text=f'{lm.item():.3f}')
-            log_row(metrics_path, dict(iter=it, loss=loss.item(), ptx_loss=lm.item(), lr=step_lr))
+            shown = dict(loss=loss.item(), **({'ptx_loss': lm.item()} if ptx_coef else {}))
+            bar.set_postfix({key: f'{value:.3f}' for key, value in shown.items()})
+            log_row(metrics_path, dict(iter=it, **shown, lr=step_lr))
         if ckpt_interval and (it + 1) % ckpt_interval == 0 and it + 1 < iters:
             save_progress(ckpt_path, rm, inputs, **about, iter_num=it + 1, before=before,
                           optimizer=optimizer.state_dict(), train_time=time.time() - t0)
