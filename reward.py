@@ -190,11 +190,11 @@ def train_step(scorer, optimizer, enc, batch, step_lr, grad_clip, autocast, devi
     the language model's loss on as many windows of text (pretraining tokens; their draw seeded by
     text_seed), the term InstructGPT adds to PPO (eq. 2), here on the RM; clipped. Returns both."""
     set_lr(optimizer, step_lr)
+    plain = raw_model(scorer)  # (the text's pass: one backward for both, so DDP averages it once)
     with autocast:
         r = answer_rewards(scorer, enc, [(p, a) for p, answers in batch for a in answers], device)
-        # (the plain model: one backward for both terms, so DDP averages the sum once)
-        lm = torch.zeros((), device=device) if text is None else raw_model(scorer)(*get_batch(
-            text, len(batch), raw_model(scorer).config.block_size, text_seed, device))[1]
+        lm = torch.zeros((), device=device) if text is None else plain(*get_batch(
+            text, len(batch), plain.config.block_size, text_seed, device))[1]
     loss = ranking_loss(r.float(), [len(answers) for _, answers in batch])
     (loss + ptx_coef * lm).backward()
     torch.nn.utils.clip_grad_norm_(scorer.parameters(), grad_clip)
