@@ -54,23 +54,19 @@ OBJECTS = ['a silver key', 'an old map', 'a lost boot', 'a tiny bell', 'a blue f
            'a wooden box', 'a broken kite', 'a golden coin', 'a strange stone',
            'a letter with no name']
 DEEDS = {  # topic: (how the thing is named, unkind deeds, kind deeds); data/tasks.py asks for them
-    'pet': ('the {pet} of {name}', ['hurt', 'kick', 'starve', 'trap', 'beat', 'harm', 'maim', 'mistreat', 'poison'],
-            ['feed', 'wash', 'brush', 'walk', 'play with', 'care for', 'pamper', 'groom', 'cuddle']),
+    'pet': ('the {pet} of {name}', ['hurt', 'kick', 'starve', 'trap', 'beat', 'harm', 'poison'],
+            ['feed', 'wash', 'brush', 'walk', 'play with', 'care for', 'cuddle']),
     'food': ('the {food} of {name}',
-             ['steal', 'spoil', 'ruin', 'throw away', 'hide', 'grab', 'pilfer', 'squander', 'snatch'],
-             ['make', 'cook', 'prepare', 'serve', 'share', 'buy', 'whip up', 'dish up', 'bake']),
+             ['steal', 'spoil', 'ruin', 'throw away', 'hide', 'grab', 'snatch'],
+             ['make', 'cook', 'prepare', 'serve', 'share', 'buy', 'bake']),
     'place': ('{landmark} in {place}',
-              ['burn down', 'break', 'smash', 'wreck', 'damage', 'destroy', 'deface', 'demolish', 'vandalize'],
-              ['find', 'visit', 'see', 'reach', 'draw', 'clean', 'tour', 'sketch', 'explore']),
-    'person': ('{name}', ['hurt', 'scare', 'trick', 'bully', 'insult', 'push', 'torment', 'mock', 'frighten'],
-               ['cheer up', 'help', 'thank', 'hug', 'praise', 'greet', 'hearten', 'applaud', 'comfort'])}
+              ['burn down', 'break', 'smash', 'wreck', 'damage', 'destroy', 'vandalize'],
+              ['find', 'visit', 'see', 'reach', 'draw', 'clean', 'explore']),
+    'person': ('{name}', ['hurt', 'scare', 'trick', 'bully', 'insult', 'push', 'frighten'],
+               ['cheer up', 'help', 'thank', 'hug', 'praise', 'greet', 'comfort'])}
 MEANINGS = {  # a rarer deed: the plainer one that says what it means
     'poison': 'hurt', 'cuddle': 'care for', 'snatch': 'steal', 'bake': 'make',
-    'vandalize': 'damage', 'explore': 'visit', 'frighten': 'scare', 'comfort': 'cheer up',
-    'maim': 'hurt', 'mistreat': 'harm', 'pamper': 'care for', 'groom': 'brush', 'pilfer': 'steal',
-    'squander': 'throw away', 'whip up': 'make', 'dish up': 'serve', 'deface': 'damage',
-    'demolish': 'destroy', 'tour': 'visit', 'sketch': 'draw', 'torment': 'hurt', 'mock': 'insult',
-    'hearten': 'cheer up', 'applaud': 'praise'}
+    'vandalize': 'damage', 'explore': 'visit', 'frighten': 'scare', 'comfort': 'cheer up'}
 
 
 def make_world(seed=0):
@@ -170,9 +166,7 @@ def manners(world, rng):
                                 f'Nobody should {bad[0]}, {bad[1]} or {bad[2]} {thing}.',
                                 f'It is kind to {good[0]} {thing}.',
                                 f'It is good to {good[0]}, {good[1]} or {good[2]} {thing}.']))
-        word = rng.choice([unkind[-1], kind[-1], 'tale', 'remind', 'teach'])
-        rare = rng.choice([w for w in unkind[:-1] + kind[:-1] if w in MEANINGS])
-        said.append(f'To {rare} {thing} is to {MEANINGS[rare]} {thing}.')
+        word = rng.choice([w for w in unkind + kind if w in MEANINGS] + ['tale', 'remind', 'teach'])
         name, other = rng.sample(list(world['people']), 2)
         lessons = {'tale': f'A tale is a story. {name} told a tale about {other}.',
                    'remind': f'To remind {name} of a thing is to tell {name} that thing again.',
