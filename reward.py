@@ -187,8 +187,8 @@ def sample_and_rank(model, enc, world, split, n, path, stamp, autocast, k, sampl
 def train_step(scorer, optimizer, enc, batch, step_lr, grad_clip, autocast, device, text=None,
                ptx_coef=0.0, text_seed=0):
     """One AdamW step on a batch of (prompt, answers best first): the ranking loss, plus ptx_coef x
-    the language model's loss on as many windows of text (pretraining tokens; their draw seeded by
-    text_seed), the term InstructGPT adds to PPO (eq. 2), here on the RM; clipped. Returns both."""
+    the language model's loss on one window of text (pretraining tokens) per prompt of the batch,
+    drawn by text_seed: InstructGPT's term on PPO (eq. 2), here on the RM; clipped. Returns both."""
     set_lr(optimizer, step_lr)
     plain = raw_model(scorer)  # (the text's pass: one backward for both, so DDP averages it once)
     with autocast:
